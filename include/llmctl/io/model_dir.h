@@ -1,0 +1,45 @@
+#pragma once
+// HF model directories: config.json + generation_config.json + model.safetensors (or
+// shards) + tokenizer files. What llmctl writes is a valid HF Llama/Qwen directory, and
+// HF directories of the supported families load here.
+#include <torch/torch.h>
+
+#include <string>
+
+#include "llmctl/io/safetensors.h"
+#include "llmctl/model/config.h"
+#include "llmctl/model/transformer.h"
+
+namespace llmctl {
+
+ModelConfig load_model_config(const std::string& dir);
+
+// Copies `tensors` into the model's parameters (converting dtype). Every parameter must
+// be present with the right shape; unexpected tensors are errors except a tied
+// lm_head.weight and rotary inv_freq buffers. Errors name the tensor.
+void load_weights(CausalLM& model, const std::map<std::string, torch::Tensor>& tensors,
+                  const std::string& source);
+
+// Builds the model from DIR and loads its weights onto `device` in `dtype`.
+CausalLM load_model(const std::string& dir, const torch::Device& device = torch::kCPU,
+                    torch::ScalarType dtype = torch::kFloat32);
+
+struct SaveOptions {
+  torch::ScalarType dtype = torch::kFloat32;  // dtype of the saved weights
+  std::string tokenizer_dir;                  // tokenizer files copied from here if set
+  std::map<std::string, std::string> metadata;
+};
+
+// Writes a complete model directory to `dir` atomically: everything is written to a
+// staging directory next to it and swapped in at the end, so `dir` is at every moment
+// either the old complete model or the new one.
+void save_model(const CausalLM& model, const std::string& dir, const SaveOptions& opt = {});
+
+// The model's tensors under HF names (tied lm_head omitted, as save_pretrained does).
+NamedTensors model_tensors(const CausalLM& model);
+
+// torch dtype from "f32|fp32|float32|f16|fp16|float16|bf16|bfloat16"; throws otherwise.
+torch::ScalarType parse_dtype(const std::string& name);
+std::string hf_dtype_name(torch::ScalarType t);  // "float32" ...
+
+}  // namespace llmctl

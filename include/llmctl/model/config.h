@@ -1,0 +1,59 @@
+#pragma once
+// The decoder family's hyper-parameters in HF's config.json schema (SPEC §2). No torch here:
+// the CLI, tokenizer and file code use it without pulling in LibTorch headers.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace llmctl {
+
+struct ModelConfig {
+  std::string model_type = "llama";  // llama | qwen2 | qwen3
+  std::int64_t vocab_size = 6400;
+  std::int64_t hidden_size = 512;
+  std::int64_t intermediate_size = 1408;
+  std::int64_t num_hidden_layers = 8;
+  std::int64_t num_attention_heads = 8;
+  std::int64_t num_key_value_heads = 2;
+  std::int64_t head_dim = 64;
+  std::int64_t max_position_embeddings = 32768;
+  double rope_theta = 1e6;
+  double rms_norm_eps = 1e-5;
+  bool tie_word_embeddings = true;
+  bool attention_bias = false;  // bias on q,k,v (Qwen2 always; Llama's o_proj too)
+  bool o_proj_bias = false;     // Llama's attention_bias covers o_proj as well
+  bool mlp_bias = false;
+  bool qk_norm = false;         // Qwen3 / minimind-3 per-head RMSNorm on q and k
+  double initializer_range = 0.02;
+  std::int64_t bos_token_id = 1;
+  std::vector<std::int64_t> eos_token_ids = {2};
+  std::int64_t pad_token_id = 0;
+  std::string torch_dtype = "float32";
+
+  // Parses an HF config.json; unknown model types and inconsistent shapes are errors
+  // that name the field. `source` names the file in messages.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source = "config.json");
+  nlohmann::json to_json() const;            // HF config.json
+  nlohmann::json generation_json() const;    // HF generation_config.json
+  void validate(const std::string& source = "config") const;
+
+  std::int64_t q_dim() const { return num_attention_heads * head_dim; }
+  std::int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  // Parameter count implied by the shapes (tied embeddings counted once).
+  std::int64_t num_parameters() const;
+};
+
+// Presets shipped in configs/ (compiled into the binary): nano, minimind2-small,
+// minimind2, minimind3. Throws listing the known names when `name` is unknown.
+ModelConfig preset_config(const std::string& name);
+std::vector<std::string> preset_names();
+
+// A preset name, or a path to a config.json-style file.
+ModelConfig resolve_config(const std::string& preset_or_file);
+
+// minimind's FFN sizing: 64 * ceil(int(hidden * 8 / 3) / 64).
+std::int64_t minimind_ffn_size(std::int64_t hidden);
+
+}  // namespace llmctl

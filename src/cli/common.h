@@ -1,0 +1,36 @@
+#pragma once
+// Helpers shared by the subcommands: device/dtype/thread flags and JSON output.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace c10 {
+struct Device;
+}
+
+namespace llmctl::cli {
+
+// Registration of each subcommand (one file per subcommand under src/cli/).
+void add_train_tokenizer(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_init(CLI::App& app);
+void add_eval(CLI::App& app);
+
+// Flags every model-running subcommand shares.
+struct RuntimeFlags {
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  int threads = 0;
+  void add_to(CLI::App* sub);
+  // Applies --threads (0: all cores) and checks --device is usable.
+  void apply() const;
+};
+
+// "1, 2,3" -> {1, 2, 3}; errors name `flag`.
+std::vector<int> parse_id_list(const std::string& s, const std::string& flag);
+
+// Prints one JSON object on stdout (for --json).
+void print_json(const nlohmann::json& j);
+
+}  // namespace llmctl::cli

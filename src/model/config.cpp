@@ -1,0 +1,178 @@
+#include "llmctl/model/config.h"
+
+#include <cmath>
+#include <fstream>
+
+#include "llmctl/util/error.h"
+#include "llmctl/util/fs.h"
+
+namespace llmctl {
+
+// Generated at build time from configs/*.json (see src/CMakeLists.txt).
+extern const std::vector<std::pair<std::string, std::string>>& embedded_presets();
+
+namespace {
+
+template <typename T>
+T get_field(const nlohmann::json& j, const char* key, T fallback, const std::string& source) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(source + ": field \"" + key + "\" has the wrong type (" + it->type_name() + ")");
+  }
+}
+
+}  // namespace
+
+std::int64_t minimind_ffn_size(std::int64_t hidden) {
+  auto raw = static_cast<std::int64_t>(hidden * 8 / 3);
+  return 64 * ((raw + 63) / 64);
+}
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) throw Error(source + ": not a JSON object");
+  ModelConfig c;
+  c.model_type = get_field<std::string>(j, "model_type", "llama", source);
+  if (c.model_type == "mistral" || c.model_type == "minimind") c.model_type = "llama";
+  if (c.model_type != "llama" && c.model_type != "qwen2" && c.model_type != "qwen3")
+    throw Error(source + ": model_type \"" + c.model_type + "\" is not supported (llama, mistral, qwen2, qwen3)");
+  auto req = [&](const char* key) -> std::int64_t {
+    if (!j.contains(key)) throw Error(source + ": required field \"" + std::string(key) + "\" is missing");
+    return get_field<std::int64_t>(j, key, 0, source);
+  };
+  c.vocab_size = req("vocab_size");
+  c.hidden_size = req("hidden_size");
+  c.num_hidden_layers = req("num_hidden_layers");
+  c.num_attention_heads = req("num_attention_heads");
+  c.intermediate_size = get_field<std::int64_t>(j, "intermediate_size", minimind_ffn_size(c.hidden_size), source);
+  c.num_key_value_heads = get_field<std::int64_t>(j, "num_key_value_heads", c.num_attention_heads, source);
+  c.head_dim = c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0;
+  c.head_dim = get_field<std::int64_t>(j, "head_dim", c.head_dim, source);
+  c.max_position_embeddings = get_field<std::int64_t>(j, "max_position_embeddings", 32768, source);
+  c.rope_theta = get_field<double>(j, "rope_theta", 10000.0, source);
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object())  // transformers v5
+    c.rope_theta = get_field<double>(j["rope_parameters"], "rope_theta", c.rope_theta, source);
+  c.rms_norm_eps = get_field<double>(j, "rms_norm_eps", 1e-6, source);
+  c.tie_word_embeddings = get_field<bool>(j, "tie_word_embeddings", c.model_type != "llama", source);
+  c.initializer_range = get_field<double>(j, "initializer_range", 0.02, source);
+  c.mlp_bias = get_field<bool>(j, "mlp_bias", false, source);
+  if (c.model_type == "qwen2") {
+    c.attention_bias = true;  // Qwen2 always has q/k/v bias and never an o_proj bias
+  } else {
+    c.attention_bias = get_field<bool>(j, "attention_bias", false, source);
+    c.o_proj_bias = c.attention_bias;
+  }
+  c.qk_norm = c.model_type == "qwen3";
+  c.bos_token_id = get_field<std::int64_t>(j, "bos_token_id", 1, source);
+  c.pad_token_id = get_field<std::int64_t>(j, "pad_token_id", 0, source);
+  if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
+    c.eos_token_ids.clear();
+    if (it->is_array())
+      for (auto& v : *it) c.eos_token_ids.push_back(v.get<std::int64_t>());
+    else
+      c.eos_token_ids.push_back(get_field<std::int64_t>(j, "eos_token_id", 2, source));
+  }
+  c.torch_dtype = get_field<std::string>(j, "torch_dtype", get_field<std::string>(j, "dtype", "float32", source), source);
+  c.validate(source);
+  return c;
+}
+
+void ModelConfig::validate(const std::string& source) const {
+  auto positive = [&](std::int64_t v, const char* name) {
+    if (v <= 0) throw Error(source + ": \"" + name + "\" must be positive, got " + std::to_string(v));
+  };
+  positive(vocab_size, "vocab_size");
+  positive(hidden_size, "hidden_size");
+  positive(intermediate_size, "intermediate_size");
+  positive(num_hidden_layers, "num_hidden_layers");
+  positive(num_attention_heads, "num_attention_heads");
+  positive(num_key_value_heads, "num_key_value_heads");
+  positive(head_dim, "head_dim");
+  positive(max_position_embeddings, "max_position_embeddings");
+  if (num_attention_heads % num_key_value_heads != 0)
+    throw Error(source + ": num_attention_heads (" + std::to_string(num_attention_heads) +
+                ") is not a multiple of num_key_value_heads (" + std::to_string(num_key_value_heads) + ")");
+  if (head_dim % 2 != 0) throw Error(source + ": head_dim must be even for RoPE");
+  if (!(rope_theta > 0)) throw Error(source + ": rope_theta must be positive");
+  if (!(rms_norm_eps > 0)) throw Error(source + ": rms_norm_eps must be positive");
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  static const std::map<std::string, std::string> arch = {
+      {"llama", "LlamaForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"}};
+  nlohmann::json j = {
+      {"architectures", {arch.at(model_type)}},
+      {"model_type", model_type},
+      {"vocab_size", vocab_size},
+      {"hidden_size", hidden_size},
+      {"intermediate_size", intermediate_size},
+      {"num_hidden_layers", num_hidden_layers},
+      {"num_attention_heads", num_attention_heads},
+      {"num_key_value_heads", num_key_value_heads},
+      {"head_dim", head_dim},
+      {"max_position_embeddings", max_position_embeddings},
+      {"rope_theta", rope_theta},
+      {"rms_norm_eps", rms_norm_eps},
+      {"hidden_act", "silu"},
+      {"tie_word_embeddings", tie_word_embeddings},
+      {"initializer_range", initializer_range},
+      {"bos_token_id", bos_token_id},
+      {"pad_token_id", pad_token_id},
+      {"torch_dtype", torch_dtype},
+      {"use_cache", true},
+  };
+  j["eos_token_id"] = eos_token_ids.size() == 1 ? nlohmann::json(eos_token_ids[0]) : nlohmann::json(eos_token_ids);
+  if (model_type == "llama") {
+    j["attention_bias"] = attention_bias;
+    j["mlp_bias"] = mlp_bias;
+  } else if (model_type == "qwen3") {
+    j["attention_bias"] = attention_bias;
+  }
+  return j;
+}
+
+nlohmann::json ModelConfig::generation_json() const {
+  nlohmann::json j = {{"bos_token_id", bos_token_id}, {"pad_token_id", pad_token_id}, {"do_sample", true},
+                      {"temperature", 0.7}, {"top_p", 0.9}};
+  // eos_token_id here is what stops generation in transformers / vLLM: never omit it.
+  j["eos_token_id"] = eos_token_ids.size() == 1 ? nlohmann::json(eos_token_ids[0]) : nlohmann::json(eos_token_ids);
+  return j;
+}
+
+std::int64_t ModelConfig::num_parameters() const {
+  const std::int64_t h = hidden_size;
+  std::int64_t attn = h * q_dim() + 2 * h * kv_dim() + q_dim() * h;
+  if (attention_bias) attn += q_dim() + 2 * kv_dim();
+  if (o_proj_bias) attn += h;
+  if (qk_norm) attn += 2 * head_dim;
+  std::int64_t mlp = 3 * h * intermediate_size + (mlp_bias ? 2 * intermediate_size + h : 0);
+  std::int64_t layer = attn + mlp + 2 * h;
+  std::int64_t total = num_hidden_layers * layer + vocab_size * h + h;
+  if (!tie_word_embeddings) total += vocab_size * h;
+  return total;
+}
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, text] : embedded_presets()) names.push_back(name);
+  return names;
+}
+
+ModelConfig preset_config(const std::string& name) {
+  for (const auto& [n, text] : embedded_presets())
+    if (n == name) return ModelConfig::from_json(nlohmann::json::parse(text), "configs/" + n + ".json");
+  std::string known;
+  for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
+  throw Error("unknown preset '" + name + "' (known: " + known + ")");
+}
+
+ModelConfig resolve_config(const std::string& preset_or_file) {
+  if (!path_exists(preset_or_file)) return preset_config(preset_or_file);
+  auto j = nlohmann::json::parse(read_file(preset_or_file), nullptr, false);
+  if (j.is_discarded()) throw Error(preset_or_file + ": not valid JSON");
+  return ModelConfig::from_json(j, preset_or_file);
+}
+
+}  // namespace llmctl
