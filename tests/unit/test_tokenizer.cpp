@@ -1,0 +1,108 @@
+#include <gtest/gtest.h>
+
+#include "llmctl/tokenizer/tokenizer.h"
+#include "llmctl/tokenizer/trainer.h"
+#include "llmctl/util/error.h"
+#include "test_helpers.h"
+
+using namespace llmctl;
+
+namespace {
+
+// One tokenizer trained once for the suite, on the shipped demo corpus (first part).
+const Tokenizer& demo_tokenizer() {
+  static TempDir dir;
+  static Tokenizer tok = [] {
+    TokenizerTrainOptions opt;
+    opt.inputs = {source_dir() + "/dataset/demo/heldout.jsonl"};
+    opt.out_dir = dir.path + "/tok";
+    opt.vocab_size = 1200;
+    opt.progress = false;
+    auto r = train_tokenizer(opt);
+    EXPECT_GT(r.documents, 100u);
+    return Tokenizer::load(opt.out_dir);
+  }();
+  return tok;
+}
+
+}  // namespace
+
+TEST(Tokenizer, SpecialTokensHaveFixedIds) {
+  const auto& t = demo_tokenizer();
+  EXPECT_EQ(t.piece_to_id("<|endoftext|>"), 0);
+  EXPECT_EQ(t.bos_id(), 1);
+  EXPECT_EQ(t.eos_id(), 2);
+  EXPECT_EQ(t.pad_id(), 0);
+  EXPECT_EQ(t.encode("<|im_start|>user\nhi<|im_end|>").front(), 1);
+  EXPECT_EQ(t.encode("<|im_start|>user\nhi<|im_end|>").back(), 2);
+  auto plain = t.encode("<|im_start|>", /*parse_special=*/false);
+  EXPECT_GT(plain.size(), 1u);
+  for (int id : plain) EXPECT_FALSE(t.is_special(id));
+}
+
+TEST(Tokenizer, DecodeEncodeIsIdentityOnAnyText) {
+  const auto& t = demo_tokenizer();
+  const std::vector<std::string> samples = {
+      "In the beginning God created the heaven and the earth.",
+      "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+      "mixed 中文 and English, digits 1234567890 and 3.14159",
+      "emoji 😀🎉👩‍👩‍👧 and symbols ∑∫√ ✓",
+      "  leading spaces, trailing spaces   ",
+      "tabs\tand\nnew\n\nlines\r\n",
+      "def f(x):\n    return x ** 2  # code\n",
+      "special <|im_start|>inside<|im_end|> text<|endoftext|>",
+      "\xE2\x80\x8B zero-width and \xC2\xA0 nbsp",
+      "",
+  };
+  for (const auto& s : samples) EXPECT_EQ(t.decode(t.encode(s)), s) << s;
+}
+
+TEST(Tokenizer, DigitsAreSplit) {
+  const auto& t = demo_tokenizer();
+  auto ids = t.encode("2024");
+  EXPECT_EQ(ids.size(), 4u);
+}
+
+TEST(Tokenizer, SkipSpecialAndBadIds) {
+  const auto& t = demo_tokenizer();
+  auto ids = t.encode("<|im_start|>hi<|im_end|>");
+  EXPECT_EQ(t.decode(ids, /*skip_special=*/true), "hi");
+  EXPECT_THROW(t.decode({t.vocab_size()}), Error);
+  EXPECT_THROW(t.decode({-1}), Error);
+}
+
+TEST(Tokenizer, ChatML) {
+  std::vector<Message> msgs = {{"system", "S"}, {"user", "U"}};
+  EXPECT_EQ(Tokenizer::render_chatml(msgs, true),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(TokenizerTrainer, RejectsBadOptionsAndEmptyInput) {
+  TempDir dir;
+  TokenizerTrainOptions opt;
+  opt.out_dir = dir.path + "/tok";
+  opt.progress = false;
+  EXPECT_ERROR_MENTIONS(train_tokenizer(opt), "--data");
+  write_file_atomic(dir.path + "/empty.jsonl", "{\"x\": 1}\n");
+  opt.inputs = {dir.path + "/empty.jsonl"};
+  opt.model_type = "wordpiece";
+  EXPECT_ERROR_MENTIONS(train_tokenizer(opt), "--model-type");
+  opt.model_type = "bpe";
+  opt.vocab_size = 10;
+  EXPECT_ERROR_MENTIONS(train_tokenizer(opt), "--vocab-size");
+}
+
+TEST(TokenizerTrainer, UnigramWorksAndMissingTokenizerIsAnError) {
+  TempDir dir;
+  TokenizerTrainOptions opt;
+  opt.inputs = {source_dir() + "/dataset/demo/heldout.jsonl"};
+  opt.out_dir = dir.path + "/uni";
+  opt.vocab_size = 800;
+  opt.model_type = "unigram";
+  opt.progress = false;
+  train_tokenizer(opt);
+  auto t = Tokenizer::load(opt.out_dir);
+  std::string s = "Unigram 单字 round trip 42";
+  EXPECT_EQ(t.decode(t.encode(s)), s);
+  EXPECT_ERROR_MENTIONS(Tokenizer::load(dir.path + "/none"), "none");
+}
