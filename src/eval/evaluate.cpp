@@ -34,7 +34,7 @@ PerplexityResult perplexity(CausalLM& model, const Tokenizer& tok, const std::ve
   if (opt.seq_len > model->config().max_position_embeddings)
     throw Error("--seq-len " + std::to_string(opt.seq_len) + " exceeds the model's max_position_embeddings (" +
                 std::to_string(model->config().max_position_embeddings) + ")");
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // no autograd bookkeeping at all
   model->eval();
   auto t0 = std::chrono::steady_clock::now();
   PerplexityResult r;
@@ -93,7 +93,7 @@ TokenScores score_ids(CausalLM& model, const std::vector<int>& ids) {
   TokenScores s;
   s.ids = ids;
   if (ids.empty()) return s;
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;  // no autograd bookkeeping at all
   model->eval();
   auto device = model->parameters().front().device();
   std::vector<std::int64_t> v(ids.begin(), ids.end());
