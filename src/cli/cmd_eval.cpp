@@ -48,7 +48,7 @@ void add_eval(CLI::App& app) {
   text->excludes(ids);
   sub->add_option("--seq-len", o->ppl.seq_len, "Window length in tokens (non-overlapping windows)")->capture_default_str();
   sub->add_option("--batch-size", o->ppl.batch_size, "Windows per forward pass")->capture_default_str();
-  sub->add_option("--max-tokens", o->ppl.max_tokens, "Stop after this many tokens (0: all)")->capture_default_str();
+  sub->add_option("--max-tokens", o->ppl.max_tokens, "Stop at the first window boundary at or after this many tokens (0: all)")->capture_default_str();
   o->rt.add_to(sub);
   sub->add_flag("--json", o->json, "Print results as JSON");
   sub->callback([o, data, text, ids] {

@@ -36,8 +36,16 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // Usage errors follow the same contract as every other error: one line, exit 1.
+    std::cerr << "llmctl: error: " << first_line(e.what()) << " (see --help)" << std::endl;
+    return 1;
   } catch (const llmctl::Error& e) {
     std::cerr << "llmctl: error: " << e.what() << std::endl;
     return 1;

@@ -18,7 +18,8 @@ constexpr std::uint64_t kMaxWarnings = 10;  // per file; the total is always rep
 
 }  // namespace
 
-JsonlReader::JsonlReader(std::string path) : path_(std::move(path)), in_(path_, std::ios::binary) {
+JsonlReader::JsonlReader(std::string path, bool warn)
+    : path_(std::move(path)), in_(path_, std::ios::binary), warn_(warn) {
   if (!in_) throw Error("cannot open data file " + path_);
 }
 
@@ -30,7 +31,7 @@ bool JsonlReader::next(nlohmann::json& out) {
     if (line_.find_first_not_of(" \t") == std::string::npos) continue;  // blank line
     out = nlohmann::json::parse(line_, nullptr, /*allow_exceptions=*/false);
     if (!out.is_discarded() && out.is_object()) return true;
-    if (++malformed_ <= kMaxWarnings)
+    if (++malformed_ <= kMaxWarnings && warn_)
       log::warn(cat(path_, ":", line_no_, ": malformed JSON line skipped"));
   }
   return false;
@@ -63,7 +64,7 @@ std::vector<Message> record_conversation(const nlohmann::json& record) {
   return out;
 }
 
-TextStream::TextStream(std::vector<std::string> files) : files_(std::move(files)) {
+TextStream::TextStream(std::vector<std::string> files, bool warn) : files_(std::move(files)), warn_(warn) {
   for (const auto& f : files_) total_bytes_ += file_size(f);  // also checks they exist
 }
 
@@ -89,7 +90,7 @@ bool TextStream::open_next_file() {
   if (file_idx_ >= files_.size()) return false;
   const std::string& f = files_[file_idx_++];
   if (ends_with(f, ".jsonl") || ends_with(f, ".json")) {
-    jsonl_ = std::make_unique<JsonlReader>(f);
+    jsonl_ = std::make_unique<JsonlReader>(f, warn_);
   } else {
     plain_ = std::make_unique<std::ifstream>(f, std::ios::binary);
     if (!*plain_) throw Error("cannot open data file " + f);
@@ -110,7 +111,7 @@ bool TextStream::next(std::string& text) {
         try {
           pending_ = record_texts(rec);
         } catch (const Error& e) {
-          if (++bad_fields_ <= kMaxWarnings)
+          if (++bad_fields_ <= kMaxWarnings && warn_)
             log::warn(cat(jsonl_->path(), ":", jsonl_->line_number(), ": ", e.what(), "; line skipped"));
           continue;
         }

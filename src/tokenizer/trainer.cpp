@@ -89,7 +89,7 @@ std::unordered_set<std::uint32_t> choose_alphabet(const TokenizerTrainOptions& o
 class StreamingSentences : public sentencepiece::SentenceIterator {
  public:
   StreamingSentences(const TokenizerTrainOptions& opt, const std::unordered_set<std::uint32_t>& alphabet)
-      : stream_(opt.inputs),
+      : stream_(opt.inputs, /*warn=*/false),  // choose_alphabet() already warned
         alphabet_(alphabet),
         max_bytes_(static_cast<std::size_t>(opt.max_sentence_bytes)),
         progress_("reading corpus", stream_.total_bytes(), "B", opt.progress) {

@@ -350,9 +350,6 @@ USAGE_ERRORS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "command-line parse errors (CLI11) exit with CLI11's own codes (106/109/105) and print "
-    "'<message>\\nRun with --help ...' without the 'llmctl: error:' prefix"))
 @pytest.mark.parametrize("case", list(USAGE_ERRORS))
 def test_usage_errors_follow_error_contract(case, llmctl):
     rc, _, err = llmctl(*USAGE_ERRORS[case])

@@ -19,7 +19,8 @@ struct Message {
 
 class JsonlReader {
  public:
-  explicit JsonlReader(std::string path);
+  // `warn`: log malformed lines (file:line) as they are skipped; they are counted either way.
+  explicit JsonlReader(std::string path, bool warn = true);
   // Next well-formed JSON object; false at end of file. Malformed lines are skipped.
   bool next(nlohmann::json& out);
   std::uint64_t line_number() const { return line_no_; }
@@ -32,6 +33,7 @@ class JsonlReader {
   std::ifstream in_;
   std::string line_;
   std::uint64_t line_no_ = 0, bytes_ = 0, malformed_ = 0;
+  bool warn_;
 };
 
 // The text of a minimind record: {"text": ...} for pretrain; the contents of every turn
@@ -46,7 +48,8 @@ std::vector<Message> record_conversation(const nlohmann::json& record);
 // Records without usable text are warned about (file:line) and counted as malformed.
 class TextStream {
  public:
-  explicit TextStream(std::vector<std::string> files);
+  // `warn`: log skipped records (a second pass over the same files passes false).
+  explicit TextStream(std::vector<std::string> files, bool warn = true);
   bool next(std::string& text);
   std::uint64_t documents() const { return documents_; }
   std::uint64_t malformed() const;
@@ -62,6 +65,7 @@ class TextStream {
   std::vector<std::string> pending_;  // texts of the current record not yet returned
   std::uint64_t documents_ = 0, malformed_done_ = 0, bad_fields_ = 0, bytes_done_ = 0,
                 plain_bytes_ = 0, total_bytes_ = 0;
+  bool warn_;
 };
 
 }  // namespace llmctl
