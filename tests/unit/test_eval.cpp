@@ -12,16 +12,7 @@ using namespace llmctl;
 
 TEST(Eval, ScoreIdsAgreesWithLogSoftmax) {
   torch::manual_seed(7);
-  ModelConfig c;
-  c.vocab_size = 30;
-  c.hidden_size = 16;
-  c.intermediate_size = 32;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 16;
-  CausalLM m(c);
+  CausalLM m(small_config(30, 16, 2, 8));
   std::vector<int> ids = {3, 1, 4, 1, 5, 9, 2, 6};
   auto s = score_ids(m, ids);
   ASSERT_EQ(s.logprobs.size(), ids.size());
@@ -36,26 +27,12 @@ TEST(Eval, ScoreIdsAgreesWithLogSoftmax) {
 // the same [bos] text [eos] stream cut into seq_len windows.
 TEST(Eval, PerplexityIsExpOfMeanWindowNll) {
   TempDir dir;
-  TokenizerTrainOptions opt;
-  opt.inputs = {source_dir() + "/dataset/demo/heldout.jsonl"};
-  opt.out_dir = dir.path + "/tok";
-  opt.vocab_size = 600;
-  opt.progress = false;
-  train_tokenizer(opt);
-  auto tok = Tokenizer::load(opt.out_dir);
+  train_demo_tokenizer(dir.path + "/tok", 600);
+  auto tok = Tokenizer::load(dir.path + "/tok");
 
   write_file_atomic(dir.path + "/d.jsonl", "{\"text\": \"In the beginning was the Word.\"}\nnot json\n{\"text\": \"天地玄黄，宇宙洪荒。\"}\n");
-  ModelConfig c;
-  c.vocab_size = tok.vocab_size();
-  c.hidden_size = 16;
-  c.intermediate_size = 32;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
   torch::manual_seed(8);
-  CausalLM m(c);
+  CausalLM m(small_config(tok.vocab_size(), 16, 2, 8));
   PerplexityOptions po;
   po.seq_len = 8;
   po.batch_size = 3;

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <string>
 
+#include "llmctl/model/config.h"
+#include "llmctl/tokenizer/trainer.h"
 #include "llmctl/util/fs.h"
 
 struct TempDir {
@@ -33,3 +35,34 @@ inline std::string source_dir() {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what(); \
     }                                                                                \
   } while (0)
+
+// A small Llama-family config; `type` picks the family's switches (qwen2: q/k/v bias,
+// qwen3: q/k norm). GQA with 2 kv heads when heads allow.
+inline llmctl::ModelConfig small_config(std::int64_t vocab, std::int64_t hidden, std::int64_t heads,
+                                        std::int64_t head_dim, const std::string& type = "llama") {
+  llmctl::ModelConfig c;
+  c.model_type = type;
+  c.vocab_size = vocab;
+  c.hidden_size = hidden;
+  c.intermediate_size = hidden * 3 / 2;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = heads % 2 == 0 ? 2 : 1;
+  c.head_dim = head_dim;
+  c.max_position_embeddings = 64;
+  c.rope_theta = 10000.0;
+  c.qk_norm = type == "qwen3";
+  c.attention_bias = type == "qwen2";
+  return c;
+}
+
+// Trains a tokenizer on the shipped held-out corpus into `out_dir` (quiet).
+inline void train_demo_tokenizer(const std::string& out_dir, int vocab, const std::string& type = "bpe") {
+  llmctl::TokenizerTrainOptions opt;
+  opt.inputs = {source_dir() + "/dataset/demo/heldout.jsonl"};
+  opt.out_dir = out_dir;
+  opt.vocab_size = vocab;
+  opt.model_type = type;
+  opt.progress = false;
+  llmctl::train_tokenizer(opt);
+}

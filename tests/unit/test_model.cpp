@@ -9,22 +9,7 @@ using namespace llmctl;
 
 namespace {
 
-ModelConfig tiny_config(const std::string& type = "llama") {
-  ModelConfig c;
-  c.model_type = type;
-  c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  c.rope_theta = 10000.0;
-  c.qk_norm = type == "qwen3";
-  c.attention_bias = type == "qwen2";
-  return c;
-}
+ModelConfig tiny_config(const std::string& type = "llama") { return small_config(50, 32, 4, 8, type); }
 
 // Attention written out with loops: softmax(q k^T / sqrt(d)) v with a causal mask and
 // query head h reading kv head h / (H / KV). q: [H, T, D], k/v: [KV, T, D].

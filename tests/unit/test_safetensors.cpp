@@ -21,18 +21,7 @@ void write_raw(const std::string& path, const std::string& header, const std::st
   write_file_atomic(path, bytes + header + data);
 }
 
-ModelConfig tiny() {
-  ModelConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.max_position_embeddings = 32;
-  return c;
-}
+ModelConfig tiny() { return small_config(40, 16, 2, 8); }
 
 }  // namespace
 

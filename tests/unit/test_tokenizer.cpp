@@ -13,14 +13,8 @@ namespace {
 const Tokenizer& demo_tokenizer() {
   static TempDir dir;
   static Tokenizer tok = [] {
-    TokenizerTrainOptions opt;
-    opt.inputs = {source_dir() + "/dataset/demo/heldout.jsonl"};
-    opt.out_dir = dir.path + "/tok";
-    opt.vocab_size = 1200;
-    opt.progress = false;
-    auto r = train_tokenizer(opt);
-    EXPECT_GT(r.documents, 100u);
-    return Tokenizer::load(opt.out_dir);
+    train_demo_tokenizer(dir.path + "/tok", 1200);
+    return Tokenizer::load(dir.path + "/tok");
   }();
   return tok;
 }
@@ -94,14 +88,8 @@ TEST(TokenizerTrainer, RejectsBadOptionsAndEmptyInput) {
 
 TEST(TokenizerTrainer, UnigramWorksAndMissingTokenizerIsAnError) {
   TempDir dir;
-  TokenizerTrainOptions opt;
-  opt.inputs = {source_dir() + "/dataset/demo/heldout.jsonl"};
-  opt.out_dir = dir.path + "/uni";
-  opt.vocab_size = 800;
-  opt.model_type = "unigram";
-  opt.progress = false;
-  train_tokenizer(opt);
-  auto t = Tokenizer::load(opt.out_dir);
+  train_demo_tokenizer(dir.path + "/uni", 800, "unigram");
+  auto t = Tokenizer::load(dir.path + "/uni");
   std::string s = "Unigram 单字 round trip 42";
   EXPECT_EQ(t.decode(t.encode(s)), s);
   EXPECT_ERROR_MENTIONS(Tokenizer::load(dir.path + "/none"), "none");
