@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "llmctl/model/transformer.h"
+#include "test_helpers.h"
 
 using namespace llmctl;
 
