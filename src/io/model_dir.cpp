@@ -40,13 +40,9 @@ ModelConfig load_model_config(const std::string& dir) {
   if (fs::exists(g)) {
     auto gj = nlohmann::json::parse(read_file(g.string()), nullptr, false);
     if (gj.is_discarded()) throw Error(g.string() + ": not valid JSON");
-    if (gj.contains("eos_token_id") && !gj["eos_token_id"].is_null()) {
-      cfg.eos_token_ids.clear();
-      if (gj["eos_token_id"].is_array())
-        for (auto& v : gj["eos_token_id"]) cfg.eos_token_ids.push_back(v.get<std::int64_t>());
-      else
-        cfg.eos_token_ids.push_back(gj["eos_token_id"].get<std::int64_t>());
-    }
+    if (!gj.is_object()) throw Error(g.string() + ": not a JSON object");
+    if (gj.contains("eos_token_id") && !gj["eos_token_id"].is_null())
+      cfg.eos_token_ids = parse_eos_ids(gj["eos_token_id"], g.string());
   }
   return cfg;
 }

@@ -31,6 +31,19 @@ std::int64_t minimind_ffn_size(std::int64_t hidden) {
   return 64 * ((raw + 63) / 64);
 }
 
+std::vector<std::int64_t> parse_eos_ids(const nlohmann::json& value, const std::string& source) {
+  std::vector<std::int64_t> ids;
+  auto one = [&](const nlohmann::json& v) {
+    if (!v.is_number_integer()) throw Error(source + ": \"eos_token_id\" must be an integer or a list of integers");
+    ids.push_back(v.get<std::int64_t>());
+  };
+  if (value.is_array())
+    for (const auto& v : value) one(v);
+  else
+    one(value);
+  return ids;
+}
+
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) throw Error(source + ": not a JSON object");
   ModelConfig c;
@@ -67,13 +80,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   c.qk_norm = c.model_type == "qwen3";
   c.bos_token_id = get_field<std::int64_t>(j, "bos_token_id", 1, source);
   c.pad_token_id = get_field<std::int64_t>(j, "pad_token_id", 0, source);
-  if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
-    c.eos_token_ids.clear();
-    if (it->is_array())
-      for (auto& v : *it) c.eos_token_ids.push_back(v.get<std::int64_t>());
-    else
-      c.eos_token_ids.push_back(get_field<std::int64_t>(j, "eos_token_id", 2, source));
-  }
+  if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) c.eos_token_ids = parse_eos_ids(*it, source);
   c.torch_dtype = get_field<std::string>(j, "torch_dtype", get_field<std::string>(j, "dtype", "float32", source), source);
   c.validate(source);
   return c;
@@ -91,6 +98,18 @@ void ModelConfig::validate(const std::string& source) const {
   positive(num_key_value_heads, "num_key_value_heads");
   positive(head_dim, "head_dim");
   positive(max_position_embeddings, "max_position_embeddings");
+  // Bounds far above any model llmctl targets; they stop a corrupt config from asking
+  // for terabytes (or overflowing the parameter count) before anything is allocated.
+  auto at_most = [&](std::int64_t v, std::int64_t max, const char* name) {
+    if (v > max) throw Error(source + ": \"" + name + "\" = " + std::to_string(v) + " is implausibly large (max " + std::to_string(max) + ")");
+  };
+  at_most(vocab_size, 1 << 24, "vocab_size");
+  at_most(hidden_size, 1 << 17, "hidden_size");
+  at_most(intermediate_size, 1 << 19, "intermediate_size");
+  at_most(num_hidden_layers, 1 << 10, "num_hidden_layers");
+  at_most(num_attention_heads, 1 << 10, "num_attention_heads");
+  at_most(head_dim, 1 << 12, "head_dim");
+  at_most(max_position_embeddings, 1 << 24, "max_position_embeddings");
   if (num_attention_heads % num_key_value_heads != 0)
     throw Error(source + ": num_attention_heads (" + std::to_string(num_attention_heads) +
                 ") is not a multiple of num_key_value_heads (" + std::to_string(num_key_value_heads) + ")");

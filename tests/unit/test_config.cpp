@@ -65,6 +65,12 @@ TEST(ModelConfig, ErrorsNameTheField) {
   j["model_type"] = "gpt2";
   EXPECT_ERROR_MENTIONS(ModelConfig::from_json(j), "gpt2");
   j = base;
+  j["eos_token_id"] = {2, "x"};
+  EXPECT_ERROR_MENTIONS(ModelConfig::from_json(j), "eos_token_id");
+  j = base;
+  j["hidden_size"] = 1ll << 40;
+  EXPECT_ERROR_MENTIONS(ModelConfig::from_json(j), "hidden_size");
+  j = base;
   j["num_hidden_layers"] = 0;
   EXPECT_ERROR_MENTIONS(ModelConfig::from_json(j), "num_hidden_layers");
 }

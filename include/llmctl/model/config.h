@@ -53,6 +53,9 @@ std::vector<std::string> preset_names();
 // A preset name, or a path to a config.json-style file.
 ModelConfig resolve_config(const std::string& preset_or_file);
 
+// Reads an eos_token_id value (an integer or a list of integers); throws naming `source`.
+std::vector<std::int64_t> parse_eos_ids(const nlohmann::json& value, const std::string& source);
+
 // minimind's FFN sizing: 64 * ceil(int(hidden * 8 / 3) / 64).
 std::int64_t minimind_ffn_size(std::int64_t hidden);
 

@@ -1,0 +1,102 @@
+// Seeded mutation fuzzing of the parsers that read untrusted files: every mutated input
+// must either load or fail with llmctl::Error; a crash, hang or other exception fails.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <random>
+
+#include "llmctl/data/jsonl.h"
+#include "llmctl/io/model_dir.h"
+#include "llmctl/io/safetensors.h"
+#include "llmctl/util/error.h"
+#include "llmctl/util/fs.h"
+#include "test_helpers.h"
+
+using namespace llmctl;
+
+namespace {
+
+// Flips, inserts, deletes or truncates a few bytes; biased towards the first `hot` bytes
+// (the header), where the parsing happens.
+std::string mutate(std::string s, std::mt19937& rng, std::size_t hot) {
+  const int edits = 1 + static_cast<int>(rng() % 4);
+  for (int e = 0; e < edits && !s.empty(); ++e) {
+    std::size_t range = (rng() % 4 != 0) ? std::min(hot, s.size()) : s.size();
+    std::size_t at = rng() % range;
+    switch (rng() % 5) {
+      case 0: s[at] = static_cast<char>(rng()); break;
+      case 1: s[at] ^= static_cast<char>(1u << (rng() % 8)); break;
+      case 2: s.insert(at, 1, "{}[]\",:0123456789-e"[rng() % 19]); break;
+      case 3: s.erase(at, 1 + rng() % 8); break;
+      case 4: s.resize(at); break;
+    }
+  }
+  return s;
+}
+
+template <typename Fn>
+void expect_loads_or_clean_error(Fn fn, const std::string& what, int i) {
+  try {
+    fn();
+  } catch (const Error&) {
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << what << " mutation " << i << ": unexpected exception " << e.what();
+  }
+}
+
+}  // namespace
+
+TEST(Fuzz, SafetensorsReader) {
+  TempDir dir;
+  torch::manual_seed(0);
+  std::string good_path = dir.path + "/good.safetensors";
+  save_safetensors(good_path, {{"a", torch::randn({4, 3})}, {"b", torch::randn({5}).to(torch::kBFloat16)},
+                               {"c", torch::randint(0, 9, {2, 2}, torch::kInt64)}});
+  const std::string good = read_file(good_path);
+  std::uint64_t header = 0;
+  std::memcpy(&header, good.data(), 8);
+  std::mt19937 rng(1234);
+  const std::string p = dir.path + "/m.safetensors";
+  for (int i = 0; i < 3000; ++i) {
+    write_file_atomic(p, mutate(good, rng, 8 + header));
+    expect_loads_or_clean_error(
+        [&] {
+          SafetensorsFile f(p);
+          for (const auto& e : f.entries()) (void)f.tensor(e.name).sum().item<double>();  // touch the bytes
+        },
+        "safetensors", i);
+  }
+}
+
+TEST(Fuzz, ModelConfigParser) {
+  const std::string good = small_config(40, 16, 2, 8, "qwen3").to_json().dump(1);
+  std::mt19937 rng(99);
+  for (int i = 0; i < 3000; ++i) {
+    std::string text = mutate(good, rng, good.size());
+    expect_loads_or_clean_error(
+        [&] {
+          auto j = nlohmann::json::parse(text, nullptr, false);
+          if (j.is_discarded()) throw Error("not JSON");
+          auto cfg = ModelConfig::from_json(j);
+          (void)cfg.num_parameters();
+        },
+        "config", i);
+  }
+}
+
+TEST(Fuzz, JsonlReaderNeverThrowsOnContent) {
+  TempDir dir;
+  const std::string good =
+      "{\"text\": \"天地玄黄 in the beginning\"}\n"
+      R"({"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})"
+      "\n";
+  std::mt19937 rng(7);
+  const std::string p = dir.path + "/d.jsonl";
+  for (int i = 0; i < 2000; ++i) {
+    write_file_atomic(p, mutate(good, rng, good.size()));
+    TextStream s({p}, /*warn=*/false);
+    std::string t;
+    EXPECT_NO_THROW(while (s.next(t)) {}) << "mutation " << i;
+    EXPECT_LE(s.documents() + s.malformed(), 4u);
+  }
+}
