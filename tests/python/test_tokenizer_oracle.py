@@ -239,3 +239,20 @@ def test_vocab_size_matches(tokenizer_dir, sp):
     from conftest import TOKENIZER_VOCAB
     assert sp.vocab_size() == TOKENIZER_VOCAB
     assert all(sp.is_byte(3 + b) and sp.id_to_piece(3 + b) == f"<0x{b:02X}>" for b in range(256))
+
+
+def test_hf_autotokenizer_agrees(tokenizer_dir, batch, prefetched):
+    """The tokenizer directory loads in stock transformers (no trust_remote_code) and
+    encodes exactly as llmctl does, special tokens included; its chat template renders
+    ChatML."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("google.protobuf")
+    hf = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert hf.encode(batch["joined"], add_special_tokens=False) == batch["ids"]
+    for text in WITH_SPECIALS.values():
+        assert hf.encode(text, add_special_tokens=False) == prefetched(text)["ids"], text
+    assert hf.decode(batch["ids"]) == batch["joined"]
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 0)
+    msgs = [{"role": "user", "content": "你好"}]
+    assert hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
