@@ -16,6 +16,7 @@ void add_train_tokenizer(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_init(CLI::App& app);
 void add_eval(CLI::App& app);
+void add_train(CLI::App& app);  // pretrain and sft
 
 // Flags every model-running subcommand shares.
 struct RuntimeFlags {

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   llmctl::cli::add_tokenize(app);
   llmctl::cli::add_init(app);
   llmctl::cli::add_eval(app);
+  llmctl::cli::add_train(app);
 
   try {
     app.parse(argc, argv);

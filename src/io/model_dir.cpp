@@ -110,6 +110,7 @@ void save_model(const CausalLM& model, const std::string& dir, const SaveOptions
       }
       if (!any) throw Error(opt.tokenizer_dir + ": no tokenizer files to copy");
     }
+    if (opt.extra_files) opt.extra_files(staging);
     replace_dir(staging, dir);
   } catch (...) {
     std::error_code ec;

@@ -4,6 +4,7 @@
 // HF directories of the supported families load here.
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 
 #include "llmctl/io/safetensors.h"
@@ -28,6 +29,9 @@ struct SaveOptions {
   torch::ScalarType dtype = torch::kFloat32;  // dtype of the saved weights
   std::string tokenizer_dir;                  // tokenizer files copied from here if set
   std::map<std::string, std::string> metadata;
+  // Called with the staging directory before it is swapped in, to add files that must
+  // appear atomically with the model (a checkpoint's optimizer and trainer state).
+  std::function<void(const std::string& staging_dir)> extra_files;
 };
 
 // Writes a complete model directory to `dir` atomically: everything is written to a

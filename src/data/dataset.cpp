@@ -1,0 +1,274 @@
+#include "llmctl/data/dataset.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "llmctl/data/jsonl.h"
+#include "llmctl/util/error.h"
+#include "llmctl/util/fs.h"
+#include "llmctl/util/log.h"
+#include "llmctl/util/progress.h"
+
+namespace llmctl {
+namespace {
+
+constexpr char kMagic[8] = {'L', 'L', 'M', 'C', 'T', 'K', '0', '1'};
+
+std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+std::uint64_t fnv1a(std::uint64_t h, const std::string& s) { return fnv1a(h, s.data(), s.size()); }
+
+std::string cache_key(const std::vector<std::string>& files, const Tokenizer& tok, SampleMode mode,
+                      std::int64_t seq_len) {
+  std::uint64_t h = 1469598103934665603ull;
+  h = fnv1a(h, std::string(kMagic, 8) + (mode == SampleMode::Pretrain ? "pretrain" : "sft") + std::to_string(seq_len));
+  h = fnv1a(h, read_file(tok.source_dir() + "/tokenizer.model"));
+  for (const auto& f : files) {
+    struct stat st {};
+    if (::stat(f.c_str(), &st) != 0) throw Error("cannot open data file " + f);
+    h = fnv1a(h, std::filesystem::absolute(f).string() + ":" + std::to_string(st.st_size) + ":" +
+                     std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec));
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+template <typename T>
+void put(std::string& out, const T& v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+template <typename T>
+void put_vec(std::string& out, const std::vector<T>& v) {
+  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+void save_cache(const std::string& path, const TokenizedData& d) {
+  std::string out(kMagic, 8);
+  put(out, static_cast<std::uint64_t>(d.tokens.size()));
+  put(out, static_cast<std::uint64_t>(d.begin.size()));
+  put(out, d.documents);
+  put(out, d.malformed);
+  put(out, d.truncated);
+  put_vec(out, d.tokens);
+  put_vec(out, d.mask);
+  put_vec(out, d.begin);
+  put_vec(out, d.length);
+  write_file_atomic(path, out);
+}
+
+bool load_cache(const std::string& path, TokenizedData& d) {
+  if (!path_exists(path)) return false;
+  auto m = MappedFile::open(path);
+  const std::uint8_t* p = m->data();
+  std::size_t left = m->size();
+  auto take = [&](void* dst, std::size_t n) {
+    if (n > left) throw Error(path + ": truncated token cache (delete it to rebuild)");
+    std::memcpy(dst, p, n);
+    p += n;
+    left -= n;
+  };
+  char magic[8];
+  take(magic, 8);
+  if (std::memcmp(magic, kMagic, 8) != 0) throw Error(path + ": not an llmctl token cache (delete it to rebuild)");
+  std::uint64_t nt = 0, ns = 0;
+  take(&nt, 8);
+  take(&ns, 8);
+  take(&d.documents, 8);
+  take(&d.malformed, 8);
+  take(&d.truncated, 8);
+  if (nt * 5 + ns * 12 != left) throw Error(path + ": token cache has the wrong size (delete it to rebuild)");
+  d.tokens.resize(nt);
+  d.mask.resize(nt);
+  d.begin.resize(ns);
+  d.length.resize(ns);
+  take(d.tokens.data(), nt * 4);
+  take(d.mask.data(), nt);
+  take(d.begin.data(), ns * 8);
+  take(d.length.data(), ns * 4);
+  return true;
+}
+
+// One unit of tokenization work: a pretrain text or an sft conversation.
+struct Item {
+  std::string text;
+  std::vector<Message> conv;
+};
+
+// Reads up to `n` items; false at end of input.
+class ItemReader {
+ public:
+  ItemReader(const std::vector<std::string>& files, SampleMode mode) : mode_(mode), text_(files), files_(files) {}
+  bool read(std::vector<Item>& out, std::size_t n) {
+    out.clear();
+    while (out.size() < n) {
+      Item it;
+      if (mode_ == SampleMode::Pretrain) {
+        if (!text_.next(it.text)) break;
+      } else if (!next_conversation(it.conv)) {
+        break;
+      }
+      out.push_back(std::move(it));
+    }
+    return !out.empty();
+  }
+  std::uint64_t bytes() const { return mode_ == SampleMode::Pretrain ? text_.bytes_read() : bytes_done_ + (jsonl_ ? jsonl_->bytes_read() : 0); }
+  std::uint64_t total_bytes() const { return text_.total_bytes(); }
+  std::uint64_t malformed() const { return mode_ == SampleMode::Pretrain ? text_.malformed() : malformed_; }
+  std::uint64_t documents() const { return mode_ == SampleMode::Pretrain ? text_.documents() : documents_; }
+
+ private:
+  bool next_conversation(std::vector<Message>& conv) {
+    for (;;) {
+      if (!jsonl_) {
+        if (file_idx_ >= files_.size()) return false;
+        jsonl_ = std::make_unique<JsonlReader>(files_[file_idx_++]);
+      }
+      nlohmann::json rec;
+      if (!jsonl_->next(rec)) {
+        malformed_ += jsonl_->malformed();
+        bytes_done_ += jsonl_->bytes_read();
+        jsonl_.reset();
+        continue;
+      }
+      try {
+        conv = record_conversation(rec);
+        ++documents_;
+        return true;
+      } catch (const Error& e) {
+        if (++malformed_ <= 10) log::warn(cat(jsonl_->path(), ":", jsonl_->line_number(), ": ", e.what(), "; line skipped"));
+      }
+    }
+  }
+  SampleMode mode_;
+  TextStream text_;  // pretrain; also gives total_bytes
+  std::vector<std::string> files_;
+  std::size_t file_idx_ = 0;
+  std::unique_ptr<JsonlReader> jsonl_;
+  std::uint64_t bytes_done_ = 0, malformed_ = 0, documents_ = 0;
+};
+
+}  // namespace
+
+void render_sft_sample(const Tokenizer& tok, const std::vector<Message>& conv, std::size_t max_tokens,
+                       std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask) {
+  ids.clear();
+  mask.clear();
+  auto add = [&](const std::vector<int>& part, std::uint8_t m) {
+    ids.insert(ids.end(), part.begin(), part.end());
+    mask.insert(mask.end(), part.size(), m);
+  };
+  const std::vector<int> newline = tok.encode("\n", false);
+  for (const auto& msg : conv) {
+    // Header and content are encoded separately so the mask boundary is exact.
+    add({tok.bos_id()}, 0);
+    add(tok.encode(msg.role + "\n", false), 0);
+    const std::uint8_t learn = msg.role == "assistant" ? 1 : 0;
+    add(tok.encode(msg.content, false), learn);
+    add({tok.eos_id()}, learn);
+    add(newline, 0);
+    if (ids.size() >= max_tokens) break;
+  }
+  if (ids.size() > max_tokens) {
+    ids.resize(max_tokens);
+    mask.resize(max_tokens);
+  }
+}
+
+TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Tokenizer& tok, SampleMode mode,
+                               std::int64_t seq_len, const std::string& cache_dir, int threads, bool progress) {
+  if (files.empty()) throw Error("--data: no input files given");
+  if (seq_len < 2) throw Error("--seq-len must be at least 2");
+  const std::string key = cache_key(files, tok, mode, seq_len);
+  const std::string cache = cache_dir + "/tokens-" + key + ".bin";
+  TokenizedData d;
+  if (load_cache(cache, d)) {
+    log::info(cat("using token cache ", cache, " (", d.tokens.size(), " tokens, ", d.size(), " samples)"));
+    return d;
+  }
+  const auto window = static_cast<std::size_t>(seq_len + 1);
+  const int nthreads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  ItemReader reader(files, mode);
+  Progress bar("tokenizing", reader.total_bytes(), "B", progress);
+  std::vector<Item> items;
+  std::vector<std::vector<std::int32_t>> ids;
+  std::vector<std::vector<std::uint8_t>> masks;
+  while (reader.read(items, 4096)) {
+    ids.assign(items.size(), {});
+    masks.assign(items.size(), {});
+    std::vector<std::thread> pool;
+    for (int t = 0; t < nthreads; ++t)
+      pool.emplace_back([&, t] {
+        for (std::size_t i = t; i < items.size(); i += nthreads) {
+          if (mode == SampleMode::Pretrain) {
+            auto v = tok.encode(items[i].text, false);
+            ids[i].reserve(v.size() + 2);
+            ids[i].push_back(tok.bos_id());
+            ids[i].insert(ids[i].end(), v.begin(), v.end());
+            ids[i].push_back(tok.eos_id());
+          } else {
+            render_sft_sample(tok, items[i].conv, window + 1, ids[i], masks[i]);
+          }
+        }
+      });
+    for (auto& th : pool) th.join();
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (mode == SampleMode::Pretrain) {
+        d.tokens.insert(d.tokens.end(), ids[i].begin(), ids[i].end());
+        continue;
+      }
+      if (ids[i].size() > window) {  // rendered one past the window to know it was cut
+        ++d.truncated;
+        ids[i].resize(window);
+        masks[i].resize(window);
+      }
+      // A conversation with nothing to learn (e.g. cut before the answer) is skipped.
+      if (masks[i].size() < 2 || std::count(masks[i].begin() + 1, masks[i].end(), 1) == 0) continue;
+      d.begin.push_back(d.tokens.size());
+      d.length.push_back(static_cast<std::uint32_t>(ids[i].size()));
+      d.tokens.insert(d.tokens.end(), ids[i].begin(), ids[i].end());
+      d.mask.insert(d.mask.end(), masks[i].begin(), masks[i].end());
+    }
+    bar.set(reader.bytes(), format_count(static_cast<double>(d.tokens.size())) + " tokens");
+  }
+  bar.finish(format_count(static_cast<double>(d.tokens.size())) + " tokens");
+  if (mode == SampleMode::Pretrain) {
+    // Pack: windows of seq_len + 1 tokens starting every seq_len tokens, so each token
+    // is a target exactly once; the tail shorter than a window is dropped.
+    d.mask.assign(d.tokens.size(), 1);
+    for (std::uint64_t b = 0; b + window <= d.tokens.size(); b += window - 1) {
+      d.begin.push_back(b);
+      d.length.push_back(static_cast<std::uint32_t>(window));
+    }
+  }
+  d.documents = reader.documents();
+  d.malformed = reader.malformed();
+  if (d.size() == 0)
+    throw Error("--data: no training samples (" + std::to_string(d.documents) + " documents, " +
+                std::to_string(d.tokens.size()) + " tokens; pretrain needs at least seq_len + 1 tokens)");
+  std::filesystem::create_directories(cache_dir);
+  save_cache(cache, d);
+  log::info(cat("tokenized ", d.documents, " documents into ", d.size(), " samples (", d.tokens.size(),
+                " tokens); cached in ", cache));
+  return d;
+}
+
+std::vector<std::uint64_t> epoch_order(std::uint64_t n_samples, std::uint64_t seed, std::uint64_t epoch) {
+  std::vector<std::uint64_t> order(n_samples);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed * 1000003ull + epoch);
+  // Fisher-Yates with our own draws: std::shuffle's algorithm is implementation-defined.
+  for (std::uint64_t i = n_samples; i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  return order;
+}
+
+}  // namespace llmctl

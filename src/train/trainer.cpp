@@ -1,0 +1,376 @@
+#include "llmctl/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "llmctl/io/model_dir.h"
+#include "llmctl/train/schedule.h"
+#include "llmctl/util/error.h"
+#include "llmctl/util/fs.h"
+#include "llmctl/util/log.h"
+#include "llmctl/util/progress.h"
+
+namespace fs = std::filesystem;
+
+namespace llmctl {
+namespace {
+
+constexpr std::int64_t kIgnore = -100;
+
+struct Batch {
+  torch::Tensor input, target;  // [B, L] int64; target is kIgnore where not trained on
+  std::int64_t targets = 0;     // number of trained-on positions
+};
+
+// Builds a batch from samples (padded on the right to the longest one).
+Batch make_batch(const TokenizedData& d, const std::vector<std::uint64_t>& samples, std::int64_t pad_id) {
+  std::int64_t L = 1;
+  for (auto s : samples) L = std::max<std::int64_t>(L, d.length[s] - 1);
+  const auto B = static_cast<std::int64_t>(samples.size());
+  Batch b;
+  b.input = torch::full({B, L}, pad_id, torch::kInt64);
+  b.target = torch::full({B, L}, kIgnore, torch::kInt64);
+  auto in = b.input.accessor<std::int64_t, 2>();
+  auto tg = b.target.accessor<std::int64_t, 2>();
+  for (std::int64_t i = 0; i < B; ++i) {
+    const auto begin = d.begin[samples[i]];
+    const std::int64_t n = d.length[samples[i]];
+    for (std::int64_t t = 0; t + 1 < n; ++t) {
+      in[i][t] = d.tokens[begin + t];
+      if (d.mask[begin + t + 1]) {
+        tg[i][t] = d.tokens[begin + t + 1];
+        ++b.targets;
+      }
+    }
+  }
+  return b;
+}
+
+// Autocast on for the scope (bf16 on CPU or CUDA); the weights stay fp32.
+class AutocastScope {
+ public:
+  AutocastScope(bool on, c10::DeviceType dev) : on_(on), dev_(dev) {
+    if (on_) {
+      at::autocast::set_autocast_dtype(dev_, at::kBFloat16);
+      at::autocast::set_autocast_enabled(dev_, true);
+    }
+  }
+  ~AutocastScope() {
+    if (on_) {
+      at::autocast::set_autocast_enabled(dev_, false);
+      at::autocast::clear_cache();
+    }
+  }
+
+ private:
+  bool on_;
+  c10::DeviceType dev_;
+};
+
+// Sum of token cross-entropies over the batch's targets (fp32 log-softmax).
+torch::Tensor loss_sum(CausalLM& model, const Batch& b, const torch::Device& dev, bool bf16) {
+  AutocastScope ac(bf16, dev.type());
+  auto logits = model->forward(b.input.to(dev));
+  return torch::nn::functional::cross_entropy(
+      logits.to(torch::kFloat32).view({-1, logits.size(-1)}), b.target.to(dev).view({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnore).reduction(torch::kSum));
+}
+
+// Which sample of the data the g-th sample drawn in the run is: a fresh seeded
+// permutation every epoch, so the order depends only on (seed, g) and resumes exactly.
+class SampleOrder {
+ public:
+  SampleOrder(std::uint64_t n, std::uint64_t seed) : n_(n), seed_(seed) {}
+  std::uint64_t operator()(std::uint64_t g) {
+    const auto epoch = g / n_;
+    if (epoch != epoch_ || order_.empty()) {
+      order_ = epoch_order(n_, seed_, epoch);
+      epoch_ = epoch;
+    }
+    return order_[g % n_];
+  }
+
+ private:
+  std::uint64_t n_, seed_, epoch_ = 0;
+  std::vector<std::uint64_t> order_;
+};
+
+std::int64_t checkpoint_step(const fs::path& p) {
+  const std::string name = p.filename().string();
+  if (name.rfind("checkpoint-", 0) != 0) return -1;
+  try {
+    std::size_t used = 0;
+    auto v = std::stoll(name.substr(11), &used);
+    return used == name.size() - 11 ? v : -1;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+// Complete checkpoints (those with trainer_state.json), oldest first.
+std::vector<std::pair<std::int64_t, std::string>> list_checkpoints(const std::string& out) {
+  std::vector<std::pair<std::int64_t, std::string>> v;
+  if (!fs::is_directory(out)) return v;
+  for (const auto& e : fs::directory_iterator(out)) {
+    auto step = checkpoint_step(e.path());
+    if (step >= 0 && fs::exists(e.path() / "trainer_state.json")) v.emplace_back(step, e.path().string());
+  }
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+nlohmann::json options_json(const TrainOptions& o) {
+  return {{"mode", o.mode == SampleMode::Pretrain ? "pretrain" : "sft"},
+          {"data", o.data},
+          {"eval_data", o.eval_data},
+          {"init_model", o.init_model},
+          {"model_config", o.model_config},
+          {"tokenizer", o.tokenizer},
+          {"seq_len", o.seq_len},
+          {"batch_size", o.batch_size},
+          {"grad_accum", o.grad_accum},
+          {"lr", o.lr},
+          {"min_lr_ratio", o.min_lr_ratio},
+          {"warmup_steps", o.warmup_steps},
+          {"weight_decay", o.weight_decay},
+          {"betas", {o.beta1, o.beta2}},
+          {"adam_eps", o.adam_eps},
+          {"grad_clip", o.grad_clip},
+          {"max_steps", o.max_steps},
+          {"epochs", o.epochs},
+          {"dtype", o.dtype},
+          {"device", o.device},
+          {"save_every", o.save_every},
+          {"eval_every", o.eval_every},
+          {"keep_last", o.keep_last},
+          {"seed", o.seed}};
+}
+
+// Keeps the metrics lines up to `step` (used on resume so the curve has no duplicates).
+void truncate_metrics(const std::string& path, std::int64_t step) {
+  if (!path_exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("step", std::int64_t{0}) <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& opt) {
+  if (opt.out_dir.empty()) throw Error("--out is required");
+  if (opt.batch_size < 1) throw Error("--batch-size must be at least 1");
+  if (opt.grad_accum < 1) throw Error("--grad-accum must be at least 1");
+  if (!(opt.lr > 0)) throw Error("--lr must be positive");
+  if (opt.dtype != "bf16" && opt.dtype != "f32") throw Error("--dtype must be bf16 or f32 for training");
+  const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
+  const torch::Device dev(opt.device);
+  if (dev.is_cuda() && !torch::cuda::is_available()) throw Error("--device " + opt.device + ": no CUDA GPU available");
+  const bool bf16 = opt.dtype == "bf16";
+  fs::create_directories(opt.out_dir);
+
+  // ---- model and tokenizer: resume > --model > preset/config + tokenizer ----
+  auto checkpoints = list_checkpoints(opt.out_dir);
+  std::int64_t start_step = 0;
+  std::string model_dir;
+  if (opt.resume) {
+    if (checkpoints.empty()) throw Error("--resume: no checkpoint in " + opt.out_dir);
+    start_step = checkpoints.back().first;
+    model_dir = checkpoints.back().second;
+    log::info(cat("resuming from ", model_dir));
+  } else if (!opt.init_model.empty()) {
+    model_dir = opt.init_model;
+  }
+  std::string tok_dir = model_dir.empty() ? opt.tokenizer : model_dir;
+  if (tok_dir.empty()) throw Error("--tokenizer is required when training from a preset or config");
+  auto tok = Tokenizer::load(tok_dir);
+  CausalLM model{nullptr};
+  if (!model_dir.empty()) {
+    model = load_model(model_dir, torch::kCPU, torch::kFloat32);
+  } else {
+    if (opt.model_config.empty()) throw Error("give --preset/--config (with --tokenizer) or --model");
+    auto cfg = resolve_config(opt.model_config);
+    cfg.vocab_size = tok.vocab_size();
+    cfg.bos_token_id = tok.bos_id();
+    cfg.eos_token_ids = {tok.eos_id()};
+    cfg.pad_token_id = tok.pad_id();
+    torch::manual_seed(opt.seed);
+    model = CausalLM(cfg);
+  }
+  if (tok.vocab_size() > model->config().vocab_size)
+    throw Error("the tokenizer has " + std::to_string(tok.vocab_size()) + " tokens but the model only " +
+                std::to_string(model->config().vocab_size));
+  if (opt.seq_len > model->config().max_position_embeddings)
+    throw Error("--seq-len exceeds the model's max_position_embeddings");
+  model->to(dev);
+  model->train();
+
+  // ---- data ----
+  const std::string cache_dir = opt.out_dir + "/cache";
+  auto data = load_or_tokenize(opt.data, tok, opt.mode, opt.seq_len, cache_dir, threads, opt.progress);
+  TokenizedData eval;
+  if (!opt.eval_data.empty()) eval = load_or_tokenize(opt.eval_data, tok, opt.mode, opt.seq_len, cache_dir, threads, opt.progress);
+  const std::int64_t per_step = opt.batch_size * opt.grad_accum;
+  const std::int64_t total = opt.max_steps > 0
+                                 ? opt.max_steps
+                                 : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(opt.epochs * data.size() / per_step)));
+  if (start_step >= total) throw Error("--resume: the checkpoint is at step " + std::to_string(start_step) + ", the run has " + std::to_string(total) + " steps");
+  const LrSchedule sched{opt.lr, opt.min_lr_ratio, opt.warmup_steps, total};
+
+  // ---- optimizer: no weight decay on norms, biases and embeddings ----
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : model->named_parameters()) {
+    const auto& n = p.key();
+    bool skip = p.value().dim() < 2 || n.find("embed_tokens") != std::string::npos;
+    (skip ? no_decay : decay).push_back(p.value());
+  }
+  auto adam = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(opt.lr).betas({opt.beta1, opt.beta2}).eps(opt.adam_eps).weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, adam(opt.weight_decay));
+  groups.emplace_back(no_decay, adam(0.0));
+  torch::optim::AdamW optimizer(groups);
+  if (opt.resume) torch::load(optimizer, model_dir + "/optimizer.pt");
+
+  write_file_atomic(opt.out_dir + "/train_config.json", options_json(opt).dump(2) + "\n");
+  const std::string metrics_path = opt.out_dir + "/metrics.jsonl";
+  if (opt.resume)
+    truncate_metrics(metrics_path, start_step);
+  else
+    write_file_atomic(metrics_path, "");
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  auto save_checkpoint = [&](std::int64_t step, const std::string& dir, bool with_state) {
+    SaveOptions so;
+    so.dtype = torch::kFloat32;  // master weights: resuming must not lose precision
+    so.tokenizer_dir = tok.source_dir();
+    if (with_state)
+      so.extra_files = [&](const std::string& staging) {
+        torch::save(optimizer, staging + "/optimizer.pt");
+        write_file_atomic(staging + "/trainer_state.json",
+                          nlohmann::json{{"step", step}, {"total_steps", total}, {"seed", opt.seed},
+                                         {"batch_size", opt.batch_size}, {"grad_accum", opt.grad_accum},
+                                         {"seq_len", opt.seq_len}, {"samples", data.size()}}
+                                  .dump(2));
+      };
+    model->to(torch::kCPU);
+    save_model(model, dir, so);
+    model->to(dev);
+    if (!with_state) return;
+    auto all = list_checkpoints(opt.out_dir);
+    for (std::size_t i = 0; opt.keep_last > 0 && i + opt.keep_last < all.size(); ++i) fs::remove_all(all[i].second);
+  };
+
+  auto eval_loss = [&]() -> double {
+    if (eval.size() == 0) return -1;
+    torch::NoGradGuard ng;
+    model->eval();
+    double sum = 0;
+    std::int64_t n = 0;
+    for (std::int64_t i = 0; i < opt.eval_batches; ++i) {
+      std::vector<std::uint64_t> ids;
+      for (std::int64_t k = 0; k < opt.batch_size && static_cast<std::size_t>(i * opt.batch_size + k) < eval.size(); ++k)
+        ids.push_back(i * opt.batch_size + k);
+      if (ids.empty()) break;
+      auto b = make_batch(eval, ids, tok.pad_id());
+      sum += loss_sum(model, b, dev, bf16).item<double>();
+      n += b.targets;
+    }
+    model->train();
+    return n ? sum / n : -1;
+  };
+
+  // ---- loop ----
+  SampleOrder order(data.size(), opt.seed);
+  TrainResult r;
+  Progress bar(opt.mode == SampleMode::Pretrain ? "pretrain" : "sft", static_cast<std::uint64_t>(total - start_step),
+               "steps", opt.progress);
+  auto t0 = std::chrono::steady_clock::now();
+  auto t_log = t0;
+  std::int64_t tokens_since_log = 0, tokens_total = 0;
+  std::string last_good = checkpoints.empty() ? "none" : checkpoints.back().second;
+  for (std::int64_t step = start_step; step < total; ++step) {
+    const double lr = sched.at(step);
+    for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    std::vector<Batch> micro;
+    std::int64_t targets = 0;
+    for (std::int64_t m = 0; m < opt.grad_accum; ++m) {
+      std::vector<std::uint64_t> ids;
+      for (std::int64_t k = 0; k < opt.batch_size; ++k)
+        ids.push_back(order(static_cast<std::uint64_t>(step * per_step + m * opt.batch_size + k)));
+      micro.push_back(make_batch(data, ids, tok.pad_id()));
+      targets += micro.back().targets;
+    }
+    optimizer.zero_grad();
+    double step_loss = 0;
+    for (auto& b : micro) {
+      // Normalised by the whole step's target count: accumulation gives exactly the
+      // gradient of the mean loss over all micro-batches.
+      auto loss = loss_sum(model, b, dev, bf16) / static_cast<double>(std::max<std::int64_t>(1, targets));
+      loss.backward();
+      step_loss += loss.item<double>();
+      tokens_since_log += b.input.numel();
+      tokens_total += b.input.numel();
+    }
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), opt.grad_clip);
+    if (!std::isfinite(step_loss) || !std::isfinite(grad_norm))
+      throw Error(cat("loss is ", step_loss, " (gradient norm ", grad_norm, ") at step ", step + 1,
+                      ": training stopped, nothing saved for this step; last good checkpoint: ", last_good,
+                      " (lower --lr or check the data)"));
+    optimizer.step();
+    r.final_loss = step_loss;
+    const std::int64_t done = step + 1;
+
+    const bool do_eval = opt.eval_every > 0 && (done % opt.eval_every == 0 || done == total);
+    const double ev = do_eval ? eval_loss() : -1;
+    if (ev >= 0) r.final_eval_loss = ev;
+    if (done % std::max<std::int64_t>(1, opt.log_every) == 0 || done == total || do_eval) {
+      auto now = std::chrono::steady_clock::now();
+      double secs = std::chrono::duration<double>(now - t_log).count();
+      nlohmann::json line = {{"step", done}, {"loss", step_loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                             {"tokens_per_s", secs > 0 ? tokens_since_log / secs : 0.0},
+                             {"epoch", static_cast<double>(done * per_step) / data.size()}};
+      if (ev >= 0) line["eval_loss"] = ev;
+      metrics << line.dump() << "\n" << std::flush;
+      t_log = now;
+      tokens_since_log = 0;
+    }
+    char extra[128];
+    std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e%s", step_loss, lr,
+                  ev >= 0 ? cat(" eval ", ev).c_str() : "");
+    bar.set(static_cast<std::uint64_t>(done - start_step), extra);
+    if (opt.save_every > 0 && done % opt.save_every == 0 && done < total) {
+      std::string dir = opt.out_dir + "/checkpoint-" + std::to_string(done);
+      save_checkpoint(done, dir, true);
+      last_good = dir;
+      write_loss_curve(metrics_path, opt.out_dir + "/loss_curve.svg");
+    }
+  }
+  bar.finish();
+  r.steps = total;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.tokens_per_s = r.seconds > 0 ? tokens_total / r.seconds : 0;
+  // The last step is a checkpoint too (resumable), and final/ is the release directory.
+  save_checkpoint(total, opt.out_dir + "/checkpoint-" + std::to_string(total), true);
+  r.final_dir = opt.out_dir + "/final";
+  save_checkpoint(total, r.final_dir, false);
+  metrics.close();
+  write_loss_curve(metrics_path, opt.out_dir + "/loss_curve.svg");
+  return r;
+}
+
+}  // namespace llmctl
