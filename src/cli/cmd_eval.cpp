@@ -32,7 +32,9 @@ void print_scores(const TokenScores& s, bool json) {
 void add_eval(CLI::App& app) {
   struct Opts {
     std::string model, text, ids;
-    std::vector<std::string> data;
+    std::vector<std::string> data, exact;
+    std::int64_t max_items = 0;
+    int max_new_tokens = 32, show = 5;
     PerplexityOptions ppl;
     RuntimeFlags rt;
     bool json = false;
@@ -43,6 +45,18 @@ void add_eval(CLI::App& app) {
   auto* data = sub->add_option("--data", o->data, "jsonl or text files to compute perplexity on")->check(CLI::ExistingFile);
   auto* text = sub->add_option("--text", o->text, "Score this text: token ids, log-probs, argmax ids");
   auto* ids = sub->add_option("--ids", o->ids, "Score these comma-separated token ids (no tokenizer needed)");
+  auto* exact = sub->add_option("--exact-match", o->exact,
+                                 "SFT jsonl: answer each conversation's last turn greedily and score exact matches")
+                    ->check(CLI::ExistingFile);
+  sub->add_option("--max-items", o->max_items, "--exact-match: score at most this many records (0: all)")
+      ->capture_default_str();
+  sub->add_option("--max-new-tokens", o->max_new_tokens, "--exact-match: longest answer generated")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  sub->add_option("--show", o->show, "--exact-match: print this many question/answer pairs")->capture_default_str();
+  exact->excludes(data);
+  exact->excludes(text);
+  exact->excludes(ids);
   data->excludes(text);
   data->excludes(ids);
   text->excludes(ids);
@@ -51,8 +65,8 @@ void add_eval(CLI::App& app) {
   sub->add_option("--max-tokens", o->ppl.max_tokens, "Stop at the first window boundary at or after this many tokens (0: all)")->capture_default_str();
   o->rt.add_to(sub);
   sub->add_flag("--json", o->json, "Print results as JSON");
-  sub->callback([o, data, text, ids] {
-    if (!*data && !*text && !*ids) throw Error("eval: give --data, --text or --ids");
+  sub->callback([o, data, text, ids, exact] {
+    if (!*data && !*text && !*ids && !*exact) throw Error("eval: give --data, --text, --ids or --exact-match");
     o->rt.apply();
     auto model = load_model(o->model, torch::Device(o->rt.device), parse_dtype(o->rt.dtype));
     if (*ids) {
@@ -65,6 +79,25 @@ void add_eval(CLI::App& app) {
       return;
     }
     auto tok = Tokenizer::load(o->model);
+    if (*exact) {
+      auto r = exact_match(model, tok, o->exact, o->max_items, o->max_new_tokens, !o->json);
+      if (o->json) {
+        nlohmann::json items = nlohmann::json::array();
+        for (const auto& it : r.results)
+          items.push_back({{"prompt", it.prompt}, {"expected", it.expected}, {"answer", it.answer}, {"correct", it.correct}});
+        print_json({{"exact_match", r.score()}, {"correct", r.correct}, {"items", r.items},
+                    {"malformed_lines", r.malformed}, {"seconds", r.seconds}, {"results", items}});
+        return;
+      }
+      for (int i = 0; i < o->show && i < static_cast<int>(r.results.size()); ++i) {
+        const auto& it = r.results[i];
+        std::printf("  %s Q: %s\n    A: %s%s\n", it.correct ? "ok " : "BAD", it.prompt.c_str(), it.answer.c_str(),
+                    it.correct ? "" : (" (expected " + it.expected + ")").c_str());
+      }
+      std::printf("exact match %lld/%lld = %.1f%%\n", static_cast<long long>(r.correct),
+                  static_cast<long long>(r.items), 100 * r.score());
+      return;
+    }
     if (*data) {
       o->ppl.progress = true;
       auto r = perplexity(model, tok, o->data, o->ppl);

@@ -54,4 +54,16 @@ std::vector<int> parse_id_list(const std::string& s, const std::string& flag) {
 
 void print_json(const nlohmann::json& j) { std::cout << j.dump(2) << std::endl; }
 
+namespace {
+int g_argc = 0;
+char** g_argv = nullptr;
+}  // namespace
+
+void set_process_args(int argc, char** argv) {
+  g_argc = argc;
+  g_argv = argv;
+}
+int process_argc() { return g_argc; }
+char** process_argv() { return g_argv; }
+
 }  // namespace llmctl::cli

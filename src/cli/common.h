@@ -31,6 +31,17 @@ struct RuntimeFlags {
 // "1, 2,3" -> {1, 2, 3}; errors name `flag`.
 std::vector<int> parse_id_list(const std::string& s, const std::string& flag);
 
+// The process's own command line (for launchers that re-execute the binary).
+void set_process_args(int argc, char** argv);
+int process_argc();
+char** process_argv();
+
+// Thrown to end the program with this exit status and no further message (the message,
+// if any, is already printed: e.g. by worker processes).
+struct ExitStatus {
+  int code;
+};
+
 // Prints one JSON object on stdout (for --json).
 void print_json(const nlohmann::json& j);
 

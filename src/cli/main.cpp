@@ -18,6 +18,7 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 
 int main(int argc, char** argv) {
   llmctl::log::init(false);
+  llmctl::cli::set_process_args(argc, argv);
 
   CLI::App app{"llmctl: tokenizer training, pretraining, SFT, conversion, quantization and "
                "inference of small LLMs, in one C++ binary."};
@@ -43,6 +44,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const llmctl::cli::ExitStatus& e) {
+    return e.code;
   } catch (const CLI::ParseError& e) {
     // Usage errors follow the same contract as every other error: one line, exit 1.
     std::cerr << "llmctl: error: " << first_line(e.what()) << " (see --help)" << std::endl;

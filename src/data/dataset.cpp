@@ -159,23 +159,42 @@ class ItemReader {
 
 }  // namespace
 
+namespace {
+
+// Appends one ChatML message: <|im_start|>role\n content <|im_end|>\n. Header and content
+// are encoded separately so the loss-mask boundary is exact; `learn` marks the content
+// and the closing <|im_end|>.
+template <typename Id>
+void append_message(const Tokenizer& tok, const Message& msg, std::uint8_t learn, std::vector<Id>& ids,
+                    std::vector<std::uint8_t>* mask) {
+  auto add = [&](const std::vector<int>& part, std::uint8_t m) {
+    ids.insert(ids.end(), part.begin(), part.end());
+    if (mask) mask->insert(mask->end(), part.size(), m);
+  };
+  add({tok.bos_id()}, 0);
+  add(tok.encode(msg.role + "\n", false), 0);
+  add(tok.encode(msg.content, false), learn);
+  add({tok.eos_id()}, learn);
+  add(tok.encode("\n", false), 0);
+}
+
+}  // namespace
+
+std::vector<int> render_generation_prompt(const Tokenizer& tok, const std::vector<Message>& conv) {
+  std::vector<int> ids;
+  for (const auto& msg : conv) append_message(tok, msg, 0, ids, nullptr);
+  ids.push_back(tok.bos_id());
+  auto header = tok.encode("assistant\n", false);
+  ids.insert(ids.end(), header.begin(), header.end());
+  return ids;
+}
+
 void render_sft_sample(const Tokenizer& tok, const std::vector<Message>& conv, std::size_t max_tokens,
                        std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask) {
   ids.clear();
   mask.clear();
-  auto add = [&](const std::vector<int>& part, std::uint8_t m) {
-    ids.insert(ids.end(), part.begin(), part.end());
-    mask.insert(mask.end(), part.size(), m);
-  };
-  const std::vector<int> newline = tok.encode("\n", false);
   for (const auto& msg : conv) {
-    // Header and content are encoded separately so the mask boundary is exact.
-    add({tok.bos_id()}, 0);
-    add(tok.encode(msg.role + "\n", false), 0);
-    const std::uint8_t learn = msg.role == "assistant" ? 1 : 0;
-    add(tok.encode(msg.content, false), learn);
-    add({tok.eos_id()}, learn);
-    add(newline, 0);
+    append_message(tok, msg, msg.role == "assistant" ? 1 : 0, ids, &mask);
     if (ids.size() >= max_tokens) break;
   }
   if (ids.size() > max_tokens) {

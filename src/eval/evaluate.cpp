@@ -1,11 +1,14 @@
 #include "llmctl/eval/evaluate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
 
+#include "llmctl/data/dataset.h"
 #include "llmctl/data/jsonl.h"
 #include "llmctl/util/error.h"
+#include "llmctl/util/log.h"
 #include "llmctl/util/progress.h"
 
 namespace llmctl {
@@ -119,6 +122,74 @@ TokenScores score_text(CausalLM& model, const Tokenizer& tok, const std::string&
   }
   for (int id : all.ids) all.pieces.push_back(tok.id_to_piece(id));
   return all;
+}
+
+std::vector<int> greedy_generate(CausalLM& model, const std::vector<int>& prompt, int max_new,
+                                 const std::vector<int>& stop_ids) {
+  torch::NoGradGuard no_grad;
+  const auto dev = model->parameters().front().device();
+  const auto ctx = model->config().max_position_embeddings;
+  std::vector<std::int64_t> seq(prompt.begin(), prompt.end());
+  std::vector<int> out;
+  for (int i = 0; i < max_new && static_cast<std::int64_t>(seq.size()) < ctx; ++i) {
+    auto input = torch::tensor(seq, torch::kInt64).unsqueeze(0).to(dev);
+    auto hidden = model->hidden_states(input);
+    const int next = static_cast<int>(model->logits(hidden.select(1, hidden.size(1) - 1)).argmax(-1).item<std::int64_t>());
+    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
+    out.push_back(next);
+    seq.push_back(next);
+  }
+  return out;
+}
+
+namespace {
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+}  // namespace
+
+ExactMatchResult exact_match(CausalLM& model, const Tokenizer& tok, const std::vector<std::string>& files,
+                             std::int64_t max_items, int max_new_tokens, bool progress) {
+  model->eval();
+  ExactMatchResult r;
+  const auto t0 = std::chrono::steady_clock::now();
+  Progress bar("exact-match", static_cast<std::uint64_t>(max_items), "items", progress);
+  for (const auto& file : files) {
+    JsonlReader reader(file);
+    nlohmann::json rec;
+    while ((max_items == 0 || r.items < max_items) && reader.next(rec)) {
+      std::vector<Message> conv;
+      try {
+        conv = record_conversation(rec);
+      } catch (const Error& e) {
+        log::warn(cat(file, ":", reader.line_number(), ": ", e.what()));
+        ++r.malformed;
+        continue;
+      }
+      if (conv.empty() || conv.back().role != "assistant") {
+        log::warn(cat(file, ":", reader.line_number(), ": the last message is not the assistant's; skipped"));
+        ++r.malformed;
+        continue;
+      }
+      ExactMatchItem item;
+      item.expected = conv.back().content;
+      conv.pop_back();
+      item.prompt = conv.back().content;
+      auto ids = greedy_generate(model, render_generation_prompt(tok, conv), max_new_tokens, {tok.eos_id()});
+      item.answer = tok.decode(ids, /*skip_special=*/true);
+      item.correct = trim(item.answer) == trim(item.expected);
+      r.correct += item.correct;
+      ++r.items;
+      r.results.push_back(std::move(item));
+      bar.set(static_cast<std::uint64_t>(r.items), cat(r.correct, " correct"));
+    }
+    r.malformed += static_cast<std::int64_t>(reader.malformed());
+  }
+  bar.finish();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 }  // namespace llmctl

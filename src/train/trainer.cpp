@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "llmctl/io/model_dir.h"
+#include "llmctl/train/distributed.h"
 #include "llmctl/train/schedule.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
@@ -166,6 +167,35 @@ void truncate_metrics(const std::string& path, std::int64_t step) {
   write_file_atomic(path, kept);
 }
 
+// Sums `tensors` (all fp32 or all castable to it) over the ranks, in place, in one
+// flattened message; undefined tensors (parameters without a gradient) count as zeros.
+void all_reduce_tensors(Communicator& comm, const std::vector<torch::Tensor>& tensors, bool broadcast_from_main = false) {
+  if (comm.world() == 1) return;
+  std::vector<torch::Tensor> parts;
+  for (const auto& t : tensors) parts.push_back(t.defined() ? t.detach().to(torch::kCPU, torch::kFloat32).reshape(-1) : torch::Tensor());
+  std::int64_t n = 0;
+  for (std::size_t i = 0; i < parts.size(); ++i) n += tensors[i].defined() ? tensors[i].numel() : 0;
+  auto flat = torch::empty({n}, torch::kFloat32);
+  std::int64_t off = 0;
+  for (auto& p : parts)
+    if (p.defined()) {
+      flat.narrow(0, off, p.numel()).copy_(p);
+      off += p.numel();
+    }
+  if (broadcast_from_main)
+    comm.broadcast(flat.data_ptr<float>(), static_cast<std::size_t>(n), 0);
+  else
+    comm.all_reduce_sum(flat.data_ptr<float>(), static_cast<std::size_t>(n));
+  off = 0;
+  torch::NoGradGuard ng;
+  for (const auto& t : tensors)
+    if (t.defined()) {
+      auto v = t;  // shares storage
+      v.copy_(flat.narrow(0, off, t.numel()).view(t.sizes()));
+      off += t.numel();
+    }
+}
+
 }  // namespace
 
 TrainResult train(const TrainOptions& opt) {
@@ -176,10 +206,17 @@ TrainResult train(const TrainOptions& opt) {
   if (opt.dtype != "bf16" && opt.dtype != "f32") throw Error("--dtype must be bf16 or f32 for training");
   const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   torch::set_num_threads(threads);
-  const torch::Device dev(opt.device);
+  const DistEnv denv = DistEnv::from_env();
+  torch::Device dev(opt.device);
+  // One GPU per local rank unless the user named one.
+  if (dev.is_cuda() && !dev.has_index() && denv.world > 1) dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(denv.local_rank));
   if (dev.is_cuda() && !torch::cuda::is_available()) throw Error("--device " + opt.device + ": no CUDA GPU available");
   const bool bf16 = opt.dtype == "bf16";
   fs::create_directories(opt.out_dir);
+  Communicator comm(denv);
+  const bool is_main = comm.is_main();
+  const bool progress = opt.progress && is_main;
+  if (comm.world() > 1 && is_main) log::info(cat("data-parallel over ", comm.world(), " processes"));
 
   // ---- model and tokenizer: resume > --model > preset/config + tokenizer ----
   auto checkpoints = list_checkpoints(opt.out_dir);
@@ -214,18 +251,32 @@ TrainResult train(const TrainOptions& opt) {
                 std::to_string(model->config().vocab_size));
   if (opt.seq_len > model->config().max_position_embeddings)
     throw Error("--seq-len exceeds the model's max_position_embeddings");
+  // Every rank starts from rank 0's weights (they match anyway: same seed or same files).
+  all_reduce_tensors(comm, model->parameters(), /*broadcast_from_main=*/true);
   model->to(dev);
   model->train();
 
   // ---- data ----
   const std::string cache_dir = opt.out_dir + "/cache";
-  auto data = load_or_tokenize(opt.data, tok, opt.mode, opt.seq_len, cache_dir, threads, opt.progress);
+  // Rank 0 tokenizes into the cache; the others then read it (or, on a node that does not
+  // share the run directory, tokenize the same files to the same result).
+  if (!is_main) comm.barrier();
+  auto data = load_or_tokenize(opt.data, tok, opt.mode, opt.seq_len, cache_dir, threads, progress);
   TokenizedData eval;
-  if (!opt.eval_data.empty()) eval = load_or_tokenize(opt.eval_data, tok, opt.mode, opt.seq_len, cache_dir, threads, opt.progress);
-  const std::int64_t per_step = opt.batch_size * opt.grad_accum;
+  if (!opt.eval_data.empty()) eval = load_or_tokenize(opt.eval_data, tok, opt.mode, opt.seq_len, cache_dir, threads, progress);
+  if (is_main) comm.barrier();
+  const std::int64_t per_rank = opt.batch_size * opt.grad_accum;
+  const std::int64_t per_step = per_rank * comm.world();  // the global batch, in samples
   const std::int64_t total = opt.max_steps > 0
                                  ? opt.max_steps
                                  : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(opt.epochs * data.size() / per_step)));
+  if (opt.resume) {
+    auto state = nlohmann::json::parse(read_file(model_dir + "/trainer_state.json"), nullptr, false);
+    const auto saved = state.is_object() ? state.value("global_batch", std::int64_t{-1}) : -1;
+    if (saved != per_step)
+      throw Error(cat("--resume: ", model_dir, " was trained with a global batch of ", saved,
+                      " samples, this run has ", per_step, " (batch-size x grad-accum x processes must match)"));
+  }
   if (start_step >= total) throw Error("--resume: the checkpoint is at step " + std::to_string(start_step) + ", the run has " + std::to_string(total) + " steps");
   const LrSchedule sched{opt.lr, opt.min_lr_ratio, opt.warmup_steps, total};
 
@@ -244,17 +295,25 @@ TrainResult train(const TrainOptions& opt) {
   groups.emplace_back(decay, adam(opt.weight_decay));
   groups.emplace_back(no_decay, adam(0.0));
   torch::optim::AdamW optimizer(groups);
-  if (opt.resume) torch::load(optimizer, model_dir + "/optimizer.pt");
+  if (opt.resume) {
+    torch::load(optimizer, model_dir + "/optimizer.pt");
+  }
 
-  write_file_atomic(opt.out_dir + "/train_config.json", options_json(opt).dump(2) + "\n");
   const std::string metrics_path = opt.out_dir + "/metrics.jsonl";
-  if (opt.resume)
-    truncate_metrics(metrics_path, start_step);
-  else
-    write_file_atomic(metrics_path, "");
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;
+  if (is_main) {
+    auto cfg_json = options_json(opt);
+    cfg_json["world_size"] = comm.world();
+    write_file_atomic(opt.out_dir + "/train_config.json", cfg_json.dump(2) + "\n");
+    if (opt.resume)
+      truncate_metrics(metrics_path, start_step);
+    else
+      write_file_atomic(metrics_path, "");
+    metrics.open(metrics_path, std::ios::app);
+  }
 
   auto save_checkpoint = [&](std::int64_t step, const std::string& dir, bool with_state) {
+    if (!is_main) return;
     SaveOptions so;
     so.dtype = torch::kFloat32;  // master weights: resuming must not lose precision
     so.tokenizer_dir = tok.source_dir();
@@ -264,7 +323,8 @@ TrainResult train(const TrainOptions& opt) {
         write_file_atomic(staging + "/trainer_state.json",
                           nlohmann::json{{"step", step}, {"total_steps", total}, {"seed", opt.seed},
                                          {"batch_size", opt.batch_size}, {"grad_accum", opt.grad_accum},
-                                         {"seq_len", opt.seq_len}, {"samples", data.size()}}
+                                         {"seq_len", opt.seq_len}, {"samples", data.size()},
+                                         {"world_size", comm.world()}, {"global_batch", per_step}}
                                   .dump(2));
       };
     model->to(torch::kCPU);
@@ -279,26 +339,26 @@ TrainResult train(const TrainOptions& opt) {
     if (eval.size() == 0) return -1;
     torch::NoGradGuard ng;
     model->eval();
-    double sum = 0;
-    std::int64_t n = 0;
-    for (std::int64_t i = 0; i < opt.eval_batches; ++i) {
+    double sum_n[2] = {0, 0};  // loss sum, target count; batches are split over the ranks
+    for (std::int64_t i = comm.rank(); i < opt.eval_batches; i += comm.world()) {
       std::vector<std::uint64_t> ids;
       for (std::int64_t k = 0; k < opt.batch_size && static_cast<std::size_t>(i * opt.batch_size + k) < eval.size(); ++k)
         ids.push_back(i * opt.batch_size + k);
       if (ids.empty()) break;
       auto b = make_batch(eval, ids, tok.pad_id());
-      sum += loss_sum(model, b, dev, bf16).item<double>();
-      n += b.targets;
+      sum_n[0] += loss_sum(model, b, dev, bf16).item<double>();
+      sum_n[1] += static_cast<double>(b.targets);
     }
+    comm.all_reduce_sum(sum_n, 2);
     model->train();
-    return n ? sum / n : -1;
+    return sum_n[1] > 0 ? sum_n[0] / sum_n[1] : -1;
   };
 
   // ---- loop ----
   SampleOrder order(data.size(), opt.seed);
   TrainResult r;
   Progress bar(opt.mode == SampleMode::Pretrain ? "pretrain" : "sft", static_cast<std::uint64_t>(total - start_step),
-               "steps", opt.progress);
+               "steps", progress);
   auto t0 = std::chrono::steady_clock::now();
   auto t_log = t0;
   std::int64_t tokens_since_log = 0, tokens_total = 0;
@@ -306,25 +366,37 @@ TrainResult train(const TrainOptions& opt) {
   for (std::int64_t step = start_step; step < total; ++step) {
     const double lr = sched.at(step);
     for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    // This rank's share of the step: samples [rank * per_rank, (rank + 1) * per_rank) of
+    // the global batch, so N processes see exactly the samples one process would.
     std::vector<Batch> micro;
-    std::int64_t targets = 0;
+    double targets = 0;
     for (std::int64_t m = 0; m < opt.grad_accum; ++m) {
       std::vector<std::uint64_t> ids;
       for (std::int64_t k = 0; k < opt.batch_size; ++k)
-        ids.push_back(order(static_cast<std::uint64_t>(step * per_step + m * opt.batch_size + k)));
+        ids.push_back(order(static_cast<std::uint64_t>(step * per_step + comm.rank() * per_rank + m * opt.batch_size + k)));
       micro.push_back(make_batch(data, ids, tok.pad_id()));
-      targets += micro.back().targets;
+      targets += static_cast<double>(micro.back().targets);
     }
+    comm.all_reduce_sum(&targets, 1);
     optimizer.zero_grad();
     double step_loss = 0;
     for (auto& b : micro) {
-      // Normalised by the whole step's target count: accumulation gives exactly the
-      // gradient of the mean loss over all micro-batches.
-      auto loss = loss_sum(model, b, dev, bf16) / static_cast<double>(std::max<std::int64_t>(1, targets));
+      // Normalised by the whole (global) step's target count: accumulation and the sum
+      // over ranks give exactly the gradient of the mean loss over the global batch.
+      auto loss = loss_sum(model, b, dev, bf16) / std::max(1.0, targets);
       loss.backward();
       step_loss += loss.item<double>();
-      tokens_since_log += b.input.numel();
-      tokens_total += b.input.numel();
+      tokens_since_log += b.input.numel() * comm.world();
+      tokens_total += b.input.numel() * comm.world();
+    }
+    if (comm.world() > 1) {
+      std::vector<torch::Tensor> grads;
+      for (auto& p : model->parameters()) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        grads.push_back(p.grad());
+      }
+      all_reduce_tensors(comm, grads);
+      comm.all_reduce_sum(&step_loss, 1);
     }
     const double grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), opt.grad_clip);
     if (!std::isfinite(step_loss) || !std::isfinite(grad_norm))
@@ -345,19 +417,21 @@ TrainResult train(const TrainOptions& opt) {
                              {"tokens_per_s", secs > 0 ? tokens_since_log / secs : 0.0},
                              {"epoch", static_cast<double>(done * per_step) / data.size()}};
       if (ev >= 0) line["eval_loss"] = ev;
-      metrics << line.dump() << "\n" << std::flush;
+      if (is_main) metrics << line.dump() << "\n" << std::flush;
       t_log = now;
       tokens_since_log = 0;
     }
-    char extra[128];
-    std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e%s", step_loss, lr,
+    const double run_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    char extra[160];
+    std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %s tok/s%s", step_loss, lr,
+                  format_count(run_secs > 0 ? tokens_total / run_secs : 0).c_str(),
                   ev >= 0 ? cat(" eval ", ev).c_str() : "");
     bar.set(static_cast<std::uint64_t>(done - start_step), extra);
     if (opt.save_every > 0 && done % opt.save_every == 0 && done < total) {
       std::string dir = opt.out_dir + "/checkpoint-" + std::to_string(done);
       save_checkpoint(done, dir, true);
       last_good = dir;
-      write_loss_curve(metrics_path, opt.out_dir + "/loss_curve.svg");
+      if (is_main) write_loss_curve(metrics_path, opt.out_dir + "/loss_curve.svg");
     }
   }
   bar.finish();
@@ -368,8 +442,13 @@ TrainResult train(const TrainOptions& opt) {
   save_checkpoint(total, opt.out_dir + "/checkpoint-" + std::to_string(total), true);
   r.final_dir = opt.out_dir + "/final";
   save_checkpoint(total, r.final_dir, false);
-  metrics.close();
-  write_loss_curve(metrics_path, opt.out_dir + "/loss_curve.svg");
+  if (is_main) {
+    metrics.close();
+    write_loss_curve(metrics_path, opt.out_dir + "/loss_curve.svg");
+  }
+  comm.barrier();  // nobody leaves before final/ is written
+  r.world = comm.world();
+  r.is_main = is_main;
   return r;
 }
 

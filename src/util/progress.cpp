@@ -65,12 +65,21 @@ void Progress::finish(const std::string& extra) {
   draw(true);
 }
 
+namespace {
+std::string singular(const std::string& unit) {
+  return unit.size() > 1 && unit.back() == 's' ? unit.substr(0, unit.size() - 1) : unit;
+}
+}  // namespace
+
 void Progress::draw(bool final) {
   if (!enabled_) return;
   double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   double rate = el > 0 ? done_ / el : 0;
   std::string line = label_ + " ";
-  char buf[160];
+  // Slow units read better as time per unit ("3.2s/step") than as "0 steps/s".
+  const std::string speed = rate >= 1 || rate <= 0 ? format_count(rate) + " " + unit_ + "/s"
+                                                   : format_duration(1 / rate) + "/" + singular(unit_);
+  char buf[200];
   if (total_ > 0) {
     double frac = std::min(1.0, static_cast<double>(done_) / total_);
     if (tty_) {
@@ -79,14 +88,12 @@ void Progress::draw(bool final) {
       line += "[" + std::string(fill, '#') + std::string(width - fill, '.') + "] ";
     }
     double eta = rate > 0 ? (total_ - std::min(done_, total_)) / rate : NAN;
-    std::snprintf(buf, sizeof buf, "%5.1f%% %s/%s %s, %s, %s %s/s, ETA %s", 100 * frac,
-                  format_count(done_).c_str(), format_count(total_).c_str(), unit_.c_str(),
-                  format_duration(el).c_str(), format_count(rate).c_str(), unit_.c_str(),
+    std::snprintf(buf, sizeof buf, "%5.1f%% %s/%s %s, %s, %s, ETA %s", 100 * frac, format_count(done_).c_str(),
+                  format_count(total_).c_str(), unit_.c_str(), format_duration(el).c_str(), speed.c_str(),
                   final ? "0s" : format_duration(eta).c_str());
   } else {
-    std::snprintf(buf, sizeof buf, "%s %s, %s, %s %s/s", format_count(done_).c_str(),
-                  unit_.c_str(), format_duration(el).c_str(), format_count(rate).c_str(),
-                  unit_.c_str());
+    std::snprintf(buf, sizeof buf, "%s %s, %s, %s", format_count(done_).c_str(), unit_.c_str(),
+                  format_duration(el).c_str(), speed.c_str());
   }
   line += buf;
   if (!extra_.empty()) line += " | " + extra_;

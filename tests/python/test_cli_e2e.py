@@ -12,7 +12,7 @@ import pytest
 from conftest import (SFT_SAMPLE, TOKENIZER_DOCS, TOKENIZER_VOCAB, DEMO_TRAIN,
                       assert_clean_error, head_lines)
 
-SUBCOMMANDS = ["train-tokenizer", "tokenize", "init", "eval"]
+SUBCOMMANDS = ["train-tokenizer", "tokenize", "init", "eval", "pretrain", "sft"]
 NANO = dict(model_type="llama", hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
             num_key_value_heads=2, head_dim=32, intermediate_size=704)
 

@@ -35,6 +35,11 @@ struct TokenizedData {
 void render_sft_sample(const Tokenizer& tok, const std::vector<Message>& conv, std::size_t max_tokens,
                        std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask);
 
+// The ids that prompt a reply to `conv`: its messages encoded exactly as render_sft_sample
+// encodes them (so inference sees training's token boundaries), then
+// "<|im_start|>assistant\n".
+std::vector<int> render_generation_prompt(const Tokenizer& tok, const std::vector<Message>& conv);
+
 // Tokenizes `files` (threads: 0 = all cores) or loads the matching cache from cache_dir.
 TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Tokenizer& tok, SampleMode mode,
                                std::int64_t seq_len, const std::string& cache_dir, int threads, bool progress);

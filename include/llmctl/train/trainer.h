@@ -39,13 +39,15 @@ struct TrainOptions {
   std::uint64_t seed = 42;
   int threads = 0;
   bool resume = false;
-  bool progress = true;
+  bool progress = true;  // progress bars (rank 0 only)
 };
 
 struct TrainResult {
   std::int64_t steps = 0;
   double final_loss = 0, final_eval_loss = -1, tokens_per_s = 0, seconds = 0;
   std::string final_dir;
+  int world = 1;         // processes that trained
+  bool is_main = true;   // rank 0 (the one that reports)
 };
 
 TrainResult train(const TrainOptions& opt);
