@@ -4,8 +4,9 @@
     python3 tools/make_demo_sft.py   # -> dataset/demo/sft_train.jsonl, sft_heldout.jsonl
 
 Every pair a + b with 10 <= a, b <= 99 is one conversation in minimind's SFT format; the
-question is phrased one of several ways, the answer is the bare sum, so `llmctl eval
---exact-match` can score it. 200 pairs (fixed seed) are held out: the demo's score is on
+question is phrased one of several ways, the answer works the sum out column by column
+and ends with it (see worked_answer), and `llmctl eval --exact-match` scores the whole
+answer. 200 pairs (fixed seed) are held out: the demo's score is on
 sums the model never saw.
 """
 import json
@@ -25,9 +26,19 @@ PHRASES = [
 HELDOUT = 200
 
 
+def worked_answer(a, b):
+    """Column addition written out: units, tens with the carry, then the sum.
+    89 + 67 -> "9+7=16, 8+6+1=15, 156". Each step is a one-digit fact or a copy, which a
+    small model learns in minutes; the bare sum alone takes it far longer."""
+    units = a % 10 + b % 10
+    carry = units // 10
+    tens = a // 10 + b // 10 + carry
+    return f"{a % 10}+{b % 10}={units}, {a // 10}+{b // 10}+{carry}={tens}, {a + b}"
+
+
 def conversation(rng, a, b):
     q = rng.choice(PHRASES).format(a=a, b=b)
-    return {"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": str(a + b)}]}
+    return {"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": worked_answer(a, b)}]}
 
 
 def main():

@@ -1,4 +1,8 @@
 #include "llmctl/kernels/rmsnorm.h"
+
+#include <ATen/Parallel.h>
+
+#include "cpu/rmsnorm_cpu.h"
 #include "llmctl/build_config.h"
 
 #if LLMCTL_HAVE_CUDA
@@ -55,10 +59,64 @@ torch::Tensor rms_norm_cuda(const torch::Tensor& x, const torch::Tensor& weight,
 }  // namespace
 #endif
 
+namespace {
+
+// fp32 on the CPU (the residual stream in training, bf16 autocast included, and f32
+// inference): one pass for the statistics and one for the output, and a backward of two
+// passes, where the torch-ops path runs about ten elementwise kernels each way.
+bool fused_cpu_applies(const torch::Tensor& x, const torch::Tensor& w) {
+  return x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == torch::kFloat32 &&
+         w.scalar_type() == torch::kFloat32 && w.dim() == 1 && x.dim() >= 1 && x.size(-1) == w.size(0) &&
+         x.numel() > 0;
+}
+
+constexpr std::int64_t kRowsPerTask = 16;
+
+class RMSNormCpu : public torch::autograd::Function<RMSNormCpu> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, double eps) {
+    auto xc = x.contiguous();
+    auto wc = weight.contiguous();
+    const auto cols = xc.size(-1), rows = xc.numel() / cols;
+    auto y = torch::empty_like(xc);
+    auto rstd = torch::empty({rows}, xc.options());
+    const float *xp = xc.data_ptr<float>(), *wp = wc.data_ptr<float>();
+    float *yp = y.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+    at::parallel_for(0, rows, kRowsPerTask, [&](std::int64_t b, std::int64_t e) {
+      cpu::rms_norm_forward_rows(xp + b * cols, wp, yp + b * cols, rp + b, e - b, cols, static_cast<float>(eps));
+    });
+    ctx->save_for_backward({xc, wc, rstd});
+    return y;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1], &rstd = saved[2];
+    auto g = grads[0].to(torch::kFloat32).contiguous();
+    const auto cols = x.size(-1), rows = x.numel() / cols;
+    auto dx = torch::empty_like(x);
+    // One weight-gradient accumulator row per thread, summed at the end (no atomics).
+    auto dw_parts = torch::zeros({at::get_num_threads(), cols}, x.options());
+    const float *gp = g.data_ptr<float>(), *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(),
+                *rp = rstd.data_ptr<float>();
+    float *dxp = dx.data_ptr<float>(), *dwp = dw_parts.data_ptr<float>();
+    at::parallel_for(0, rows, kRowsPerTask, [&](std::int64_t b, std::int64_t e) {
+      cpu::rms_norm_backward_rows(gp + b * cols, xp + b * cols, wp, rp + b, dxp + b * cols,
+                                  dwp + at::get_thread_num() * cols, e - b, cols);
+    });
+    return {dx, dw_parts.sum(0), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
 #if LLMCTL_HAVE_CUDA
   if (fused_cuda_applies(x, weight)) return rms_norm_cuda(x, weight, eps);
 #endif
+  if (fused_cpu_applies(x, weight)) return RMSNormCpu::apply(x, weight, eps);
   return rms_norm_reference(x, weight, eps);
 }
 

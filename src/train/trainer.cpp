@@ -76,13 +76,22 @@ class AutocastScope {
   c10::DeviceType dev_;
 };
 
-// Sum of token cross-entropies over the batch's targets (fp32 log-softmax).
+// Sum of token cross-entropies over the batch's targets (fp32 log-softmax). The vocabulary
+// projection is computed only at positions that are trained on: in SFT most positions are
+// prompt (no loss), and the projection is the largest matmul of a small model.
 torch::Tensor loss_sum(CausalLM& model, const Batch& b, const torch::Device& dev, bool bf16) {
   AutocastScope ac(bf16, dev.type());
-  auto logits = model->forward(b.input.to(dev));
-  return torch::nn::functional::cross_entropy(
-      logits.to(torch::kFloat32).view({-1, logits.size(-1)}), b.target.to(dev).view({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnore).reduction(torch::kSum));
+  auto hidden = model->hidden_states(b.input.to(dev));
+  hidden = hidden.reshape({-1, hidden.size(-1)});
+  auto target = b.target.to(dev).view({-1});
+  if (b.targets < target.numel()) {
+    auto keep = target.ne(kIgnore).nonzero().squeeze(1);
+    hidden = hidden.index_select(0, keep);
+    target = target.index_select(0, keep);
+  }
+  auto logits = model->logits(hidden).to(torch::kFloat32);
+  return torch::nn::functional::cross_entropy(logits, target,
+                                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
 }
 
 // Which sample of the data the g-th sample drawn in the run is: a fresh seeded

@@ -1,8 +1,9 @@
 #pragma once
-// RMSNorm forward, HF semantics: statistics in fp32, normalised value cast back to the
-// input dtype, then multiplied by the weight. CUDA tensors go to a fused kernel (one read
-// of x, one write of y) when no gradient is needed; everything else takes the reference
-// path built from torch ops, which autograd differentiates.
+// RMSNorm, HF semantics: statistics in fp32, normalised value cast back to the input
+// dtype, then multiplied by the weight. Dispatch:
+//   CUDA tensors, no gradient needed  -> fused CUDA forward (one read of x, one write of y)
+//   fp32 CPU tensors                  -> fused CPU forward and backward (autograd function)
+//   anything else                     -> the reference path built from torch ops
 #include <torch/torch.h>
 
 namespace llmctl::kernels {
