@@ -1,6 +1,7 @@
 #include "llmctl/model/transformer.h"
 
 #include "llmctl/kernels/rmsnorm.h"
+#include "llmctl/kernels/rope.h"
 
 namespace F = torch::nn::functional;
 
@@ -23,21 +24,9 @@ std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& positi
   return {emb.cos(), emb.sin()};
 }
 
-namespace {
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  auto half = x.size(-1) / 2;
-  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-}  // namespace
-
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  // Tables are cast to x's dtype first, as HF does; [.., T, D] -> broadcast over heads.
-  auto c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
-  if (c.dim() == 3) {
-    c = c.unsqueeze(1);
-    s = s.unsqueeze(1);
-  }
-  return x * c + rotate_half(x) * s;
+  // HF's layout [B, heads, T, D]; the formula lives in kernels::rope_reference ([B, T, heads, D]).
+  return kernels::rope_reference(x.transpose(1, 2), cos, sin).transpose(1, 2);
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& cfg)
@@ -64,8 +53,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     q = q_norm->forward(q);
     k = k_norm->forward(k);
   }
-  q = apply_rope(q.transpose(1, 2), cos, sin);  // [B, H, T, D]
-  k = apply_rope(k.transpose(1, 2), cos, sin);
+  q = kernels::rope(q, cos, sin).transpose(1, 2);  // [B, H, T, D]
+  k = kernels::rope(k, cos, sin).transpose(1, 2);
   v = v.transpose(1, 2);
   // GQA without materialising repeated K/V: SDPA maps query head h to kv head h / group.
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,

@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "llmctl/kernels/rmsnorm.h"
+#include "llmctl/kernels/rope.h"
+#include "llmctl/model/transformer.h"
 
 using namespace llmctl;
 
@@ -61,6 +63,38 @@ TEST(RMSNormCpu, ForwardAndBackwardMatchReference) {
   auto x = torch::randn({16, 8}).t();
   auto w = torch::randn({16});
   EXPECT_TRUE(torch::allclose(kernels::rms_norm(x, w, 1e-5), kernels::rms_norm_reference(x, w, 1e-5), 1e-5, 1e-5));
+}
+
+// Fused RoPE (fp32 and bf16, shared and per-batch position tables) against the torch-ops
+// formula, forward and backward.
+TEST(RopeCpu, ForwardAndBackwardMatchReference) {
+  const std::int64_t B = 2, T = 9, H = 3, D = 16;
+  for (bool per_batch : {false, true}) {
+    auto pos = per_batch ? torch::randint(0, 100, {B, T}) : torch::arange(T);
+    auto [cos, sin] = rope_cos_sin(pos, D, 10000.0);
+    for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+      torch::manual_seed(per_batch);
+      auto x0 = torch::randn({B, T, H, D}).to(dt);
+      auto g = torch::randn({B, T, H, D}).to(dt);
+      auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+      auto fused = kernels::rope(x1, cos, sin);
+      auto ref = kernels::rope_reference(x2, cos, sin);
+      ASSERT_EQ(fused.scalar_type(), dt);
+      // bf16: the reference rounds each product, the kernel only the result (1-2 ulp).
+      const double tol = dt == torch::kFloat32 ? 1e-6 : 2e-2;
+      EXPECT_TRUE(torch::allclose(fused.to(torch::kFloat32), ref.to(torch::kFloat32), tol, tol))
+          << "per_batch " << per_batch << " dtype " << dt;
+      (fused * g).sum().backward();
+      (ref * g).sum().backward();
+      EXPECT_TRUE(torch::allclose(x1.grad().to(torch::kFloat32), x2.grad().to(torch::kFloat32), tol, tol))
+          << "grad, per_batch " << per_batch << " dtype " << dt;
+    }
+  }
+  // A non-contiguous view (q_proj output viewed as heads) works too.
+  auto flat = torch::randn({B, T, H * D});
+  auto [cos, sin] = rope_cos_sin(torch::arange(T), D, 10000.0);
+  auto x = flat.view({B, T, H, D}).transpose(0, 1).contiguous().transpose(0, 1);
+  EXPECT_TRUE(torch::allclose(kernels::rope(x, cos, sin), kernels::rope_reference(x, cos, sin), 1e-6, 1e-6));
 }
 
 // The fused CUDA kernel against the CPU path, for each dtype and a ragged width that is
