@@ -2,6 +2,7 @@
 
 #include "llmctl/kernels/rmsnorm.h"
 #include "llmctl/kernels/rope.h"
+#include "llmctl/kernels/swiglu.h"
 
 namespace F = torch::nn::functional;
 
@@ -73,7 +74,7 @@ MLPImpl::MLPImpl(const ModelConfig& cfg) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj->forward(F::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  return down_proj->forward(kernels::swiglu(gate_proj->forward(x), up_proj->forward(x)));
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg) {

@@ -321,6 +321,13 @@ TrainResult train(const TrainOptions& opt) {
   torch::optim::AdamW optimizer(groups);
   if (opt.resume) {
     torch::load(optimizer, model_dir + "/optimizer.pt");
+    // The moments load on the CPU; they must live where their parameters do.
+    for (auto& [key, st] : optimizer.state()) {
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*st);
+      if (s.exp_avg().defined()) s.exp_avg(s.exp_avg().to(dev));
+      if (s.exp_avg_sq().defined()) s.exp_avg_sq(s.exp_avg_sq().to(dev));
+      if (s.max_exp_avg_sq().defined()) s.max_exp_avg_sq(s.max_exp_avg_sq().to(dev));
+    }
   }
 
   const std::string metrics_path = opt.out_dir + "/metrics.jsonl";

@@ -7,7 +7,8 @@ minimind's model and loop) in one go, same torch build, same threads, same shape
 
 Prints tokens/s of both, the ratio, and model-FLOPs utilisation (MFU) of each against the
 bf16 (or f32) matmul throughput measured here in the same run. The first step of each side
-is a warm-up and is not timed.
+is a warm-up and is not timed. The two sides alternate --repeats times and the medians are
+compared (single runs on a shared 2-core machine vary by +-10%).
 
 Model FLOPs per trained token: 6 * (matmul parameters, the tied lm_head included) +
 6 * layers * seq_len * q_dim (causal attention: QK^T and PV, forward and backward, half
@@ -16,6 +17,7 @@ of the square counted).
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "f32"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -80,21 +83,25 @@ def main():
     cfg = json.load(open(config))
     common = ["--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--threads", str(a.threads)]
 
-    ref = json.loads(run([sys.executable, os.path.join(ROOT, "tools", "bench", "train_reference.py"),
-                          "--config", config, "--steps", str(a.steps), "--dtype", a.dtype,
-                          "--device", a.device, *common]))
+    tokens = a.batch_size * a.seq_len
+    refs, oursl = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        tok, out = os.path.join(tmp, "tok"), os.path.join(tmp, "run")
+        tok = os.path.join(tmp, "tok")
         data = os.path.join(ROOT, "dataset", "demo", "train.jsonl")
         run([a.bin, "train-tokenizer", "--data", data, "--out", tok, "--vocab-size", str(cfg["vocab_size"])])
-        run([a.bin, "pretrain", "--data", data, "--tokenizer", tok, "--preset", a.preset, "--out", out,
-             "--max-steps", str(a.steps), "--dtype", a.dtype, "--device", a.device, "--log-every", "1", *common])
-        with open(os.path.join(out, "metrics.jsonl")) as f:
-            steps = [json.loads(line) for line in f]
-    timed = steps[1:] or steps
-    # tokens_per_s per line covers exactly that step; combine as total tokens / total time.
-    tokens = a.batch_size * a.seq_len
-    ours = tokens * len(timed) / sum(tokens / s["tokens_per_s"] for s in timed)
+        for r in range(a.repeats):
+            refs.append(json.loads(run([sys.executable, os.path.join(ROOT, "tools", "bench", "train_reference.py"),
+                                        "--config", config, "--steps", str(a.steps), "--dtype", a.dtype,
+                                        "--device", a.device, *common]))["tokens_per_s"])
+            out = os.path.join(tmp, f"run{r}")
+            run([a.bin, "pretrain", "--data", data, "--tokenizer", tok, "--preset", a.preset, "--out", out,
+                 "--max-steps", str(a.steps), "--dtype", a.dtype, "--device", a.device, "--log-every", "1", *common])
+            with open(os.path.join(out, "metrics.jsonl")) as f:
+                steps = [json.loads(line) for line in f]
+            timed = steps[1:] or steps
+            # tokens_per_s per line covers exactly that step: total tokens / total time.
+            oursl.append(tokens * len(timed) / sum(tokens / s["tokens_per_s"] for s in timed))
+    ours, ref = statistics.median(oursl), {"tokens_per_s": statistics.median(refs)}
 
     peak = matmul_peak(torch, torch.bfloat16 if a.dtype == "bf16" else torch.float32, a.threads, a.device)
     fpt = flops_per_token(cfg, a.seq_len)
@@ -104,7 +111,8 @@ def main():
            "ratio": round(ours / ref["tokens_per_s"], 3), "matmul_peak_gflops": round(peak, 1),
            "gflop_per_token": round(fpt / 1e9, 4),
            "llmctl_mfu": round(ours * fpt / 1e9 / peak, 3),
-           "reference_mfu": round(ref["tokens_per_s"] * fpt / 1e9 / peak, 3)}
+           "reference_mfu": round(ref["tokens_per_s"] * fpt / 1e9 / peak, 3),
+           "llmctl_runs": [round(x, 1) for x in oursl], "reference_runs": [round(x, 1) for x in refs]}
     if a.json:
         print(json.dumps(res))
         return

@@ -25,9 +25,9 @@ inline __attribute__((always_inline)) void rope_rows_body(const T* x, T* y, cons
       const T* xh = x + (r * heads + h) * head_dim;
       T* yh = y + (r * heads + h) * head_dim;
       for (std::int64_t i = 0; i < half; ++i) {
-        const float a = static_cast<float>(xh[i]), b = static_cast<float>(xh[i + half]);
-        yh[i] = static_cast<T>(a * c[i] - b * s[i]);
-        yh[i + half] = static_cast<T>(b * c[i] + a * s[i]);
+        const float a = load(xh, i), b = load(xh, i + half);
+        store(yh, i, a * c[i] - b * s[i]);
+        store(yh, i + half, b * c[i] + a * s[i]);
       }
     }
   }

@@ -8,7 +8,33 @@
 #define LLMCTL_SIMD_CLONES
 #endif
 
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <cstring>
+
 namespace llmctl::kernels::cpu {
+
+// bf16 <-> fp32 on the raw bits (round to nearest even), so the loops vectorise; c10's
+// conversions go through calls the vectoriser does not see through. NaN is not produced
+// from finite inputs here.
+inline __attribute__((always_inline)) float load(const float* p, std::int64_t i) { return p[i]; }
+inline __attribute__((always_inline)) float load(const c10::BFloat16* p, std::int64_t i) {
+  std::uint16_t b;
+  std::memcpy(&b, p + i, 2);
+  const std::uint32_t w = static_cast<std::uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &w, 4);
+  return f;
+}
+inline __attribute__((always_inline)) void store(float* p, std::int64_t i, float v) { p[i] = v; }
+inline __attribute__((always_inline)) void store(c10::BFloat16* p, std::int64_t i, float v) {
+  std::uint32_t w;
+  std::memcpy(&w, &v, 4);
+  const std::uint16_t b = static_cast<std::uint16_t>((w + 0x7FFFu + ((w >> 16) & 1u)) >> 16);
+  std::memcpy(p + i, &b, 2);
+}
+
 
 // Sum of a[i] * b[i] in 16 independent float lanes (so the compiler may vectorise it
 // without reassociating), combined in double at the end.
