@@ -15,6 +15,7 @@
 #endif
 
 #include "llmctl/io/model_dir.h"
+#include "llmctl/kernels/cross_entropy.h"
 #include "llmctl/train/distributed.h"
 #include "llmctl/train/schedule.h"
 #include "llmctl/util/error.h"
@@ -92,9 +93,7 @@ torch::Tensor loss_sum(CausalLM& model, const Batch& b, const torch::Device& dev
     hidden = hidden.index_select(0, keep);
     target = target.index_select(0, keep);
   }
-  auto logits = model->logits(hidden).to(torch::kFloat32);
-  return torch::nn::functional::cross_entropy(logits, target,
-                                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  return kernels::cross_entropy_sum(model->logits(hidden), target);
 }
 
 // Which sample of the data the g-th sample drawn in the run is: a fresh seeded

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "llmctl/kernels/rmsnorm.h"
+#include "llmctl/kernels/cross_entropy.h"
 #include "llmctl/kernels/rope.h"
 #include "llmctl/kernels/swiglu.h"
 #include "llmctl/model/transformer.h"
@@ -123,6 +124,31 @@ TEST(SwigluCpu, ForwardAndBackwardMatchReference) {
         << dt << " dgate max diff " << (f32(g1.grad()) - f32(g2.grad())).abs().max().item<float>();
     EXPECT_TRUE(torch::allclose(f32(u1.grad()), f32(u2.grad()), tol, tol)) << dt;
   }
+}
+
+// Fused cross-entropy over the vocabulary against fp32 log-softmax + NLL, forward and
+// backward, for fp32 and bf16 logits and a vocabulary that is not a multiple of 16.
+TEST(CrossEntropyCpu, ForwardAndBackwardMatchReference) {
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    for (std::int64_t V : {5, 37, 6400}) {
+      torch::manual_seed(V);
+      auto x0 = (torch::randn({23, V}) * 3).to(dt);
+      auto t = torch::randint(0, V, {23});
+      auto x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+      auto fused = kernels::cross_entropy_sum(x1, t);
+      auto ref = kernels::cross_entropy_sum_reference(x2, t);
+      ASSERT_EQ(fused.scalar_type(), torch::kFloat32);
+      EXPECT_NEAR(fused.item<float>(), ref.item<float>(), 1e-4 * std::abs(ref.item<float>())) << dt << " V " << V;
+      (fused * 0.5).backward();
+      (ref * 0.5).backward();
+      const double tol = dt == torch::kFloat32 ? 1e-6 : 4e-3;
+      EXPECT_TRUE(torch::allclose(x1.grad().to(torch::kFloat32), x2.grad().to(torch::kFloat32), tol, tol))
+          << dt << " V " << V << " max diff "
+          << (x1.grad().to(torch::kFloat32) - x2.grad().to(torch::kFloat32)).abs().max().item<float>();
+    }
+  }
+  auto x = torch::randn({2, 4});
+  EXPECT_THROW(kernels::cross_entropy_sum(x, torch::tensor({0, 4}, torch::kInt64)), std::exception);
 }
 
 // The fused CUDA kernel against the CPU path, for each dtype and a ragged width that is
