@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "llmctl/util/error.h"
+#include "llmctl/util/threads.h"
 
 namespace llmctl::cli {
 
@@ -18,7 +19,7 @@ void RuntimeFlags::add_to(CLI::App* sub) {
 }
 
 void RuntimeFlags::apply() const {
-  int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int n = resolve_threads(threads);
   torch::set_num_threads(n);
   torch::Device d(torch::kCPU);
   try {

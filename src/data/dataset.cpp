@@ -14,6 +14,7 @@
 #include "llmctl/util/fs.h"
 #include "llmctl/util/log.h"
 #include "llmctl/util/progress.h"
+#include "llmctl/util/threads.h"
 
 namespace llmctl {
 namespace {
@@ -107,59 +108,28 @@ struct Item {
 // Reads up to `n` items; false at end of input.
 class ItemReader {
  public:
-  ItemReader(const std::vector<std::string>& files, SampleMode mode) : mode_(mode), text_(files), files_(files) {}
+  ItemReader(const std::vector<std::string>& files, SampleMode mode) : mode_(mode), text_(files), convs_(files) {}
   bool read(std::vector<Item>& out, std::size_t n) {
     out.clear();
     while (out.size() < n) {
       Item it;
-      if (mode_ == SampleMode::Pretrain) {
-        if (!text_.next(it.text)) break;
-      } else if (!next_conversation(it.conv)) {
-        break;
-      }
+      if (!(mode_ == SampleMode::Pretrain ? text_.next(it.text) : convs_.next(it.conv))) break;
       out.push_back(std::move(it));
     }
     return !out.empty();
   }
-  std::uint64_t bytes() const { return mode_ == SampleMode::Pretrain ? text_.bytes_read() : bytes_done_ + (jsonl_ ? jsonl_->bytes_read() : 0); }
+  std::uint64_t bytes() const { return pretrain() ? text_.bytes_read() : convs_.bytes_read(); }
   std::uint64_t total_bytes() const { return text_.total_bytes(); }
-  std::uint64_t malformed() const { return mode_ == SampleMode::Pretrain ? text_.malformed() : malformed_; }
-  std::uint64_t documents() const { return mode_ == SampleMode::Pretrain ? text_.documents() : documents_; }
+  std::uint64_t malformed() const { return pretrain() ? text_.malformed() : convs_.malformed(); }
+  std::uint64_t documents() const { return pretrain() ? text_.documents() : convs_.documents(); }
 
  private:
-  bool next_conversation(std::vector<Message>& conv) {
-    for (;;) {
-      if (!jsonl_) {
-        if (file_idx_ >= files_.size()) return false;
-        jsonl_ = std::make_unique<JsonlReader>(files_[file_idx_++]);
-      }
-      nlohmann::json rec;
-      if (!jsonl_->next(rec)) {
-        malformed_ += jsonl_->malformed();
-        bytes_done_ += jsonl_->bytes_read();
-        jsonl_.reset();
-        continue;
-      }
-      try {
-        conv = record_conversation(rec);
-        ++documents_;
-        return true;
-      } catch (const Error& e) {
-        if (++malformed_ <= 10) log::warn(cat(jsonl_->path(), ":", jsonl_->line_number(), ": ", e.what(), "; line skipped"));
-      }
-    }
-  }
+  bool pretrain() const { return mode_ == SampleMode::Pretrain; }
   SampleMode mode_;
   TextStream text_;  // pretrain; also gives total_bytes
-  std::vector<std::string> files_;
-  std::size_t file_idx_ = 0;
-  std::unique_ptr<JsonlReader> jsonl_;
-  std::uint64_t bytes_done_ = 0, malformed_ = 0, documents_ = 0;
+  ConversationStream convs_;
 };
 
-}  // namespace
-
-namespace {
 
 // Appends one ChatML message: <|im_start|>role\n content <|im_end|>\n. Header and content
 // are encoded separately so the loss-mask boundary is exact; `learn` marks the content
@@ -215,7 +185,7 @@ TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Toke
     return d;
   }
   const auto window = static_cast<std::size_t>(seq_len + 1);
-  const int nthreads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int nthreads = resolve_threads(threads);
   ItemReader reader(files, mode);
   Progress bar("tokenizing", reader.total_bytes(), "B", progress);
   std::vector<Item> items;

@@ -133,4 +133,41 @@ bool TextStream::next(std::string& text) {
   }
 }
 
+ConversationStream::ConversationStream(std::vector<std::string> files) : files_(std::move(files)) {
+  for (const auto& f : files_) file_size(f);  // checks they exist before any work starts
+}
+
+std::uint64_t ConversationStream::malformed() const {
+  return malformed_done_ + bad_records_ + (jsonl_ ? jsonl_->malformed() : 0);
+}
+
+std::uint64_t ConversationStream::bytes_read() const { return bytes_done_ + (jsonl_ ? jsonl_->bytes_read() : 0); }
+
+std::string ConversationStream::where() const {
+  return jsonl_ ? cat(jsonl_->path(), ":", jsonl_->line_number()) : std::string();
+}
+
+bool ConversationStream::next(std::vector<Message>& conv) {
+  for (;;) {
+    if (!jsonl_) {
+      if (file_idx_ >= files_.size()) return false;
+      jsonl_ = std::make_unique<JsonlReader>(files_[file_idx_++]);
+    }
+    nlohmann::json rec;
+    if (!jsonl_->next(rec)) {
+      malformed_done_ += jsonl_->malformed();
+      bytes_done_ += jsonl_->bytes_read();
+      jsonl_.reset();
+      continue;
+    }
+    try {
+      conv = record_conversation(rec);
+      ++documents_;
+      return true;
+    } catch (const Error& e) {
+      if (++bad_records_ <= kMaxWarnings) log::warn(cat(where(), ": ", e.what(), "; line skipped"));
+    }
+  }
+}
+
 }  // namespace llmctl

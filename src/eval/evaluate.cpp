@@ -156,37 +156,28 @@ ExactMatchResult exact_match(CausalLM& model, const Tokenizer& tok, const std::v
   ExactMatchResult r;
   const auto t0 = std::chrono::steady_clock::now();
   Progress bar("exact-match", static_cast<std::uint64_t>(max_items), "items", progress);
-  for (const auto& file : files) {
-    JsonlReader reader(file);
-    nlohmann::json rec;
-    while ((max_items == 0 || r.items < max_items) && reader.next(rec)) {
-      std::vector<Message> conv;
-      try {
-        conv = record_conversation(rec);
-      } catch (const Error& e) {
-        log::warn(cat(file, ":", reader.line_number(), ": ", e.what()));
-        ++r.malformed;
-        continue;
-      }
-      if (conv.empty() || conv.back().role != "assistant") {
-        log::warn(cat(file, ":", reader.line_number(), ": the last message is not the assistant's; skipped"));
-        ++r.malformed;
-        continue;
-      }
-      ExactMatchItem item;
-      item.expected = conv.back().content;
-      conv.pop_back();
-      item.prompt = conv.back().content;
-      auto ids = greedy_generate(model, render_generation_prompt(tok, conv), max_new_tokens, {tok.eos_id()});
-      item.answer = tok.decode(ids, /*skip_special=*/true);
-      item.correct = trim(item.answer) == trim(item.expected);
-      r.correct += item.correct;
-      ++r.items;
-      r.results.push_back(std::move(item));
-      bar.set(static_cast<std::uint64_t>(r.items), cat(r.correct, " correct"));
+  ConversationStream convs(files);
+  std::vector<Message> conv;
+  std::int64_t skipped = 0;
+  while ((max_items == 0 || r.items < max_items) && convs.next(conv)) {
+    if (conv.size() < 2 || conv.back().role != "assistant") {
+      log::warn(cat(convs.where(), ": needs a question and, last, the assistant's answer; skipped"));
+      ++skipped;
+      continue;
     }
-    r.malformed += static_cast<std::int64_t>(reader.malformed());
+    ExactMatchItem item;
+    item.expected = conv.back().content;
+    conv.pop_back();
+    item.prompt = conv.back().content;
+    auto ids = greedy_generate(model, render_generation_prompt(tok, conv), max_new_tokens, {tok.eos_id()});
+    item.answer = tok.decode(ids, /*skip_special=*/true);
+    item.correct = trim(item.answer) == trim(item.expected);
+    r.correct += item.correct;
+    ++r.items;
+    r.results.push_back(std::move(item));
+    bar.set(static_cast<std::uint64_t>(r.items), cat(r.correct, " correct"));
   }
+  r.malformed = skipped + static_cast<std::int64_t>(convs.malformed());
   bar.finish();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;

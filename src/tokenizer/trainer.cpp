@@ -17,6 +17,7 @@
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
 #include "llmctl/util/progress.h"
+#include "llmctl/util/threads.h"
 
 namespace llmctl {
 namespace {
@@ -208,7 +209,7 @@ TokenizerTrainResult train_tokenizer(const TokenizerTrainOptions& opt) {
   if (opt.vocab_size < 300)
     throw Error("--vocab-size must be at least 300 (256 byte tokens + specials + pieces)");
   auto t0 = std::chrono::steady_clock::now();
-  int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const int threads = resolve_threads(opt.threads);
 
   log::info(cat("training ", opt.model_type, " tokenizer, vocab ", opt.vocab_size, ", ", threads, " threads"));
   const auto alphabet = choose_alphabet(opt);

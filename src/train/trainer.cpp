@@ -22,6 +22,7 @@
 #include "llmctl/util/fs.h"
 #include "llmctl/util/log.h"
 #include "llmctl/util/progress.h"
+#include "llmctl/util/threads.h"
 
 namespace fs = std::filesystem;
 
@@ -179,25 +180,19 @@ void truncate_metrics(const std::string& path, std::int64_t step) {
 }
 
 // Sums `tensors` (all fp32 or all castable to it) over the ranks, in place, in one
-// flattened message; undefined tensors (parameters without a gradient) count as zeros.
+// flattened message; undefined tensors are skipped.
 void all_reduce_tensors(Communicator& comm, const std::vector<torch::Tensor>& tensors, bool broadcast_from_main = false) {
   if (comm.world() == 1) return;
   std::vector<torch::Tensor> parts;
-  for (const auto& t : tensors) parts.push_back(t.defined() ? t.detach().to(torch::kCPU, torch::kFloat32).reshape(-1) : torch::Tensor());
-  std::int64_t n = 0;
-  for (std::size_t i = 0; i < parts.size(); ++i) n += tensors[i].defined() ? tensors[i].numel() : 0;
-  auto flat = torch::empty({n}, torch::kFloat32);
-  std::int64_t off = 0;
-  for (auto& p : parts)
-    if (p.defined()) {
-      flat.narrow(0, off, p.numel()).copy_(p);
-      off += p.numel();
-    }
+  for (const auto& t : tensors)
+    if (t.defined()) parts.push_back(t.detach().to(torch::kCPU, torch::kFloat32).reshape(-1));
+  auto flat = torch::cat(parts);
+  const auto n = flat.numel();
   if (broadcast_from_main)
     comm.broadcast(flat.data_ptr<float>(), static_cast<std::size_t>(n), 0);
   else
     comm.all_reduce_sum(flat.data_ptr<float>(), static_cast<std::size_t>(n));
-  off = 0;
+  std::int64_t off = 0;
   torch::NoGradGuard ng;
   for (const auto& t : tensors)
     if (t.defined()) {
@@ -206,8 +201,6 @@ void all_reduce_tensors(Communicator& comm, const std::vector<torch::Tensor>& te
       off += t.numel();
     }
 }
-
-}  // namespace
 
 // Every step allocates and frees the same large activation buffers. glibc would hand
 // blocks above its mmap threshold back to the kernel on free and fault them in zeroed on
@@ -220,13 +213,15 @@ void keep_freed_memory_for_reuse() {
 #endif
 }
 
+}  // namespace
+
 TrainResult train(const TrainOptions& opt) {
   if (opt.out_dir.empty()) throw Error("--out is required");
   if (opt.batch_size < 1) throw Error("--batch-size must be at least 1");
   if (opt.grad_accum < 1) throw Error("--grad-accum must be at least 1");
   if (!(opt.lr > 0)) throw Error("--lr must be positive");
   if (opt.dtype != "bf16" && opt.dtype != "f32") throw Error("--dtype must be bf16 or f32 for training");
-  const int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = resolve_threads(opt.threads);
   torch::set_num_threads(threads);
   keep_freed_memory_for_reuse();
   const DistEnv denv = DistEnv::from_env();

@@ -68,4 +68,22 @@ class TextStream {
   bool warn_;
 };
 
+// Pulls the {"conversations": [...]} records of a list of jsonl files one at a time.
+// Records that are not valid conversations are warned about (file:line) and counted.
+class ConversationStream {
+ public:
+  explicit ConversationStream(std::vector<std::string> files);
+  bool next(std::vector<Message>& conv);
+  std::string where() const;  // "file:line" of the record last returned
+  std::uint64_t documents() const { return documents_; }
+  std::uint64_t malformed() const;
+  std::uint64_t bytes_read() const;
+
+ private:
+  std::vector<std::string> files_;
+  std::size_t file_idx_ = 0;
+  std::unique_ptr<JsonlReader> jsonl_;
+  std::uint64_t documents_ = 0, malformed_done_ = 0, bad_records_ = 0, bytes_done_ = 0;
+};
+
 }  // namespace llmctl
