@@ -126,7 +126,7 @@ class ItemReader {
  private:
   bool pretrain() const { return mode_ == SampleMode::Pretrain; }
   SampleMode mode_;
-  TextStream text_;  // pretrain; also gives total_bytes
+  DocumentStream text_;  // pretrain; also gives total_bytes
   ConversationStream convs_;
 };
 

@@ -64,19 +64,19 @@ std::vector<Message> record_conversation(const nlohmann::json& record) {
   return out;
 }
 
-TextStream::TextStream(std::vector<std::string> files, bool warn) : files_(std::move(files)), warn_(warn) {
+DocumentStream::DocumentStream(std::vector<std::string> files, bool warn) : files_(std::move(files)), warn_(warn) {
   for (const auto& f : files_) total_bytes_ += file_size(f);  // also checks they exist
 }
 
-std::uint64_t TextStream::malformed() const {
+std::uint64_t DocumentStream::malformed() const {
   return malformed_done_ + bad_fields_ + (jsonl_ ? jsonl_->malformed() : 0);
 }
 
-std::uint64_t TextStream::bytes_read() const {
+std::uint64_t DocumentStream::bytes_read() const {
   return bytes_done_ + (jsonl_ ? jsonl_->bytes_read() : plain_bytes_);
 }
 
-bool TextStream::open_next_file() {
+bool DocumentStream::open_next_file() {
   if (jsonl_) {
     malformed_done_ += jsonl_->malformed();
     bytes_done_ += jsonl_->bytes_read();
@@ -98,7 +98,7 @@ bool TextStream::open_next_file() {
   return true;
 }
 
-bool TextStream::next(std::string& text) {
+bool DocumentStream::next(std::string& text) {
   for (;;) {
     if (!pending_.empty()) {
       text = std::move(pending_.back());

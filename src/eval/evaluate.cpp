@@ -41,7 +41,7 @@ PerplexityResult perplexity(CausalLM& model, const Tokenizer& tok, const std::ve
   model->eval();
   auto t0 = std::chrono::steady_clock::now();
   PerplexityResult r;
-  TextStream stream(files);
+  DocumentStream stream(files);
   Progress bar("eval", stream.total_bytes(), "B", opt.progress);
 
   std::vector<std::int64_t> buf;  // token stream not yet cut into windows

@@ -73,4 +73,26 @@ torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) {
   return swiglu_reference(gate, up);
 }
 
+torch::Tensor swiglu_packed(const torch::Tensor& gate_up) {
+  const auto F = gate_up.size(-1) / 2;
+  const auto t = gate_up.scalar_type();
+  if (!gate_up.device().is_cpu() || (t != torch::kFloat32 && t != torch::kBFloat16))
+    return swiglu_reference(gate_up.narrow(-1, 0, F), gate_up.narrow(-1, F, F));
+  auto gu = gate_up.contiguous();
+  auto out_sizes = gu.sizes().vec();
+  out_sizes.back() = F;
+  auto h = torch::empty(out_sizes, gu.options());
+  const auto rows = gu.numel() / (2 * F);
+  auto run = [&](auto* in, auto* out) {
+    at::parallel_for(0, rows, std::max<std::int64_t>(1, kGrain / F), [&](std::int64_t b, std::int64_t e) {
+      for (auto r = b; r < e; ++r) cpu::swiglu_forward(in + r * 2 * F, in + r * 2 * F + F, out + r * F, F);
+    });
+  };
+  if (t == torch::kFloat32)
+    run(gu.data_ptr<float>(), h.data_ptr<float>());
+  else
+    run(gu.data_ptr<c10::BFloat16>(), h.data_ptr<c10::BFloat16>());
+  return h;
+}
+
 }  // namespace llmctl::kernels

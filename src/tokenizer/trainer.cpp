@@ -51,7 +51,7 @@ std::size_t next_char(const std::string& s, std::size_t i, std::uint32_t& cp) {
 std::unordered_set<std::uint32_t> choose_alphabet(const TokenizerTrainOptions& opt) {
   std::unordered_map<std::uint32_t, std::uint64_t> freq;
   std::uint64_t total = 0;
-  TextStream stream(opt.inputs);
+  DocumentStream stream(opt.inputs);
   Progress progress("counting characters", stream.total_bytes(), "B", opt.progress);
   std::string text;
   while (stream.next(text)) {
@@ -128,11 +128,11 @@ class StreamingSentences : public sentencepiece::SentenceIterator {
       progress_.set(stream_.bytes_read(), format_count(static_cast<double>(sentences_)) + " sentences");
     }
   }
-  const TextStream& stream() const { return stream_; }
+  const DocumentStream& stream() const { return stream_; }
   std::uint64_t sentences() const { return sentences_; }
 
  private:
-  TextStream stream_;
+  DocumentStream stream_;
   const std::unordered_set<std::uint32_t>& alphabet_;
   std::size_t max_bytes_;
   Progress progress_;

@@ -19,14 +19,14 @@ TEST(JsonlReader, SkipsAndCountsMalformedLines) {
   EXPECT_EQ(r.line_number(), 6u);
 }
 
-TEST(TextStream, ReadsPretrainSftAndPlainText) {
+TEST(DocumentStream, ReadsPretrainSftAndPlainText) {
   TempDir dir;
   write_file_atomic(dir.path + "/p.jsonl", "{\"text\": \"one\"}\n{\"other\": 1}\n");
   write_file_atomic(dir.path + "/s.jsonl",
                     R"({"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"
                     "\n");
   write_file_atomic(dir.path + "/t.txt", "line1\n\nline2\n");
-  TextStream s({dir.path + "/p.jsonl", dir.path + "/s.jsonl", dir.path + "/t.txt"});
+  DocumentStream s({dir.path + "/p.jsonl", dir.path + "/s.jsonl", dir.path + "/t.txt"});
   std::vector<std::string> got;
   std::string t;
   while (s.next(t)) got.push_back(t);
@@ -36,8 +36,8 @@ TEST(TextStream, ReadsPretrainSftAndPlainText) {
   EXPECT_EQ(s.bytes_read(), s.total_bytes());
 }
 
-TEST(TextStream, MissingFileIsAClearError) {
-  EXPECT_ERROR_MENTIONS(TextStream({"/nonexistent/x.jsonl"}), "/nonexistent/x.jsonl");
+TEST(DocumentStream, MissingFileIsAClearError) {
+  EXPECT_ERROR_MENTIONS(DocumentStream({"/nonexistent/x.jsonl"}), "/nonexistent/x.jsonl");
 }
 
 TEST(Conversation, RolesAndErrors) {

@@ -94,7 +94,7 @@ TEST(Fuzz, JsonlReaderNeverThrowsOnContent) {
   const std::string p = dir.path + "/d.jsonl";
   for (int i = 0; i < 2000; ++i) {
     write_file_atomic(p, mutate(good, rng, good.size()));
-    TextStream s({p}, /*warn=*/false);
+    DocumentStream s({p}, /*warn=*/false);
     std::string t;
     EXPECT_NO_THROW(while (s.next(t)) {}) << "mutation " << i;
     EXPECT_LE(s.documents() + s.malformed(), 4u);

@@ -46,10 +46,10 @@ std::vector<Message> record_conversation(const nlohmann::json& record);
 // Pulls the texts of a list of files one at a time: the texts of each jsonl record (by
 // record_texts) for *.jsonl / *.json, one text per non-empty line for any other file.
 // Records without usable text are warned about (file:line) and counted as malformed.
-class TextStream {
+class DocumentStream {
  public:
   // `warn`: log skipped records (a second pass over the same files passes false).
-  explicit TextStream(std::vector<std::string> files, bool warn = true);
+  explicit DocumentStream(std::vector<std::string> files, bool warn = true);
   bool next(std::string& text);
   std::uint64_t documents() const { return documents_; }
   std::uint64_t malformed() const;

@@ -1,0 +1,46 @@
+#pragma once
+// Runs the model over one scheduled batch: the new tokens of every sequence flattened into
+// one [N, hidden] activation, K/V written into the paged cache, attention over each
+// sequence's blocks, and logits only for the sequences that sample this step. It owns the
+// KV cache pool and an inference copy of the weights with q/k/v fused into one projection
+// (one GEMM instead of three on the decode path).
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "llmctl/engine/scheduler.h"
+#include "llmctl/model/config.h"
+#include "llmctl/model/transformer.h"
+
+namespace llmctl {
+
+class ModelRunner {
+ public:
+  // Takes the weights of `model` (which may be dropped afterwards) in `dtype`, and
+  // allocates num_blocks cache blocks of block_size tokens for every layer.
+  ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size, int max_model_len);
+
+  // Logits (fp32, [rows, vocab]) for batch[i] where wants_logits[i], in batch order: the
+  // prediction after that sequence's last scheduled token.
+  torch::Tensor forward(const std::vector<ScheduledSeq>& batch, const std::vector<bool>& wants_logits);
+
+  const ModelConfig& config() const { return cfg_; }
+  torch::ScalarType dtype() const { return dtype_; }
+  // Bytes of K and V for one block over all layers.
+  static std::int64_t block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype);
+
+ private:
+  struct Layer {
+    torch::Tensor input_norm, w_qkv, b_qkv, q_norm, k_norm, w_o, b_o;
+    torch::Tensor post_norm, w_gate_up, b_gate_up, w_down, b_down;
+    torch::Tensor k_cache, v_cache;  // [num_blocks, kv_heads, block_size, head_dim]
+  };
+  ModelConfig cfg_;
+  torch::ScalarType dtype_;
+  int block_size_;
+  std::vector<Layer> layers_;
+  torch::Tensor embed_, final_norm_, lm_head_;
+  torch::Tensor rope_cos_, rope_sin_;  // [max_model_len, head_dim], fp32
+};
+
+}  // namespace llmctl

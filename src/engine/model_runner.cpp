@@ -1,0 +1,142 @@
+#include "llmctl/engine/model_runner.h"
+
+#include "llmctl/kernels/paged_attention.h"
+#include "llmctl/kernels/rmsnorm.h"
+#include "llmctl/kernels/rope.h"
+#include "llmctl/kernels/swiglu.h"
+#include "llmctl/util/error.h"
+
+namespace llmctl {
+
+namespace {
+
+torch::Tensor param(const torch::nn::Module& m, const std::string& name) {
+  auto p = m.named_parameters().find(name);
+  return p ? *p : torch::Tensor();
+}
+
+torch::Tensor cat_or_undef(std::vector<torch::Tensor> parts) {
+  for (auto& p : parts)
+    if (!p.defined()) return {};
+  return torch::cat(parts, 0);
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+}  // namespace
+
+std::int64_t ModelRunner::block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype) {
+  return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * block_size * cfg.head_dim *
+         static_cast<std::int64_t>(c10::elementSize(dtype));
+}
+
+ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size,
+                         int max_model_len)
+    : cfg_(model->config()), dtype_(dtype), block_size_(block_size) {
+  torch::NoGradGuard no_grad;
+  auto conv = [&](const torch::Tensor& t) { return t.defined() ? t.detach().to(dtype).contiguous() : t; };
+  embed_ = conv(model->model->embed_tokens->weight);
+  final_norm_ = conv(model->model->norm->weight);
+  lm_head_ = model->lm_head ? conv(model->lm_head->weight) : embed_;
+  const auto opts = embed_.options();
+  for (const auto& l : *model->model->layers) {
+    const auto& m = *l;
+    Layer L;
+    L.input_norm = conv(param(m, "input_layernorm.weight"));
+    L.post_norm = conv(param(m, "post_attention_layernorm.weight"));
+    L.w_qkv = conv(torch::cat({param(m, "self_attn.q_proj.weight"), param(m, "self_attn.k_proj.weight"),
+                               param(m, "self_attn.v_proj.weight")}, 0));
+    L.b_qkv = conv(cat_or_undef({param(m, "self_attn.q_proj.bias"), param(m, "self_attn.k_proj.bias"),
+                                 param(m, "self_attn.v_proj.bias")}));
+    L.q_norm = conv(param(m, "self_attn.q_norm.weight"));
+    L.k_norm = conv(param(m, "self_attn.k_norm.weight"));
+    L.w_o = conv(param(m, "self_attn.o_proj.weight"));
+    L.b_o = conv(param(m, "self_attn.o_proj.bias"));
+    L.w_gate_up = conv(torch::cat({param(m, "mlp.gate_proj.weight"), param(m, "mlp.up_proj.weight")}, 0));
+    L.b_gate_up = conv(cat_or_undef({param(m, "mlp.gate_proj.bias"), param(m, "mlp.up_proj.bias")}));
+    L.w_down = conv(param(m, "mlp.down_proj.weight"));
+    L.b_down = conv(param(m, "mlp.down_proj.bias"));
+    const std::vector<std::int64_t> cache_shape{num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim};
+    L.k_cache = torch::zeros(cache_shape, opts);
+    L.v_cache = torch::zeros(cache_shape, opts);
+    layers_.push_back(std::move(L));
+  }
+  auto positions = torch::arange(max_model_len, torch::TensorOptions().dtype(torch::kInt64).device(opts.device()));
+  std::tie(rope_cos_, rope_sin_) = rope_cos_sin(positions, cfg_.head_dim, cfg_.rope_theta);
+}
+
+torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const std::vector<bool>& wants_logits) {
+  c10::InferenceMode inference;
+  const auto S = static_cast<std::int64_t>(batch.size());
+  std::int64_t N = 0, max_blocks = 1;
+  for (const auto& s : batch) {
+    N += s.num_new;
+    max_blocks = std::max<std::int64_t>(max_blocks, static_cast<std::int64_t>(s.seq->block_table.size()));
+  }
+  // Host-side batch description: token ids, positions, cache slots, per-sequence ranges.
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto i32 = torch::TensorOptions().dtype(torch::kInt32);
+  auto ids = torch::empty({N}, i64), pos = torch::empty({N}, i64), slots = torch::empty({N}, i64);
+  auto query_start = torch::empty({S + 1}, i32), context_lens = torch::empty({S}, i32);
+  auto block_tables = torch::zeros({S, max_blocks}, i32);
+  std::vector<std::int64_t> logit_rows;
+  {
+    auto* idp = ids.data_ptr<std::int64_t>();
+    auto* pp = pos.data_ptr<std::int64_t>();
+    auto* sp = slots.data_ptr<std::int64_t>();
+    auto* qs = query_start.data_ptr<std::int32_t>();
+    auto* cl = context_lens.data_ptr<std::int32_t>();
+    auto* bt = block_tables.data_ptr<std::int32_t>();
+    std::int64_t row = 0;
+    for (std::int64_t i = 0; i < S; ++i) {
+      const Sequence& seq = *batch[i].seq;
+      qs[i] = static_cast<std::int32_t>(row);
+      for (int j = 0; j < batch[i].num_new; ++j, ++row) {
+        const int p = seq.num_computed_tokens + j;
+        idp[row] = seq.tokens[p];
+        pp[row] = p;
+        sp[row] = static_cast<std::int64_t>(seq.block_table[p / block_size_]) * block_size_ + p % block_size_;
+      }
+      cl[i] = seq.num_computed_tokens + batch[i].num_new;
+      std::copy(seq.block_table.begin(), seq.block_table.end(), bt + i * max_blocks);
+      if (wants_logits[i]) logit_rows.push_back(row - 1);
+    }
+    qs[S] = static_cast<std::int32_t>(row);
+  }
+  const auto dev = embed_.device();
+  if (!dev.is_cpu()) {
+    ids = ids.to(dev), pos = pos.to(dev), slots = slots.to(dev);
+    query_start = query_start.to(dev), context_lens = context_lens.to(dev), block_tables = block_tables.to(dev);
+  }
+
+  const auto H = cfg_.num_attention_heads, KVH = cfg_.num_key_value_heads, D = cfg_.head_dim;
+  const double eps = cfg_.rms_norm_eps, scale = 1.0 / std::sqrt(static_cast<double>(D));
+  auto cos = rope_cos_.index_select(0, pos), sin = rope_sin_.index_select(0, pos);  // [N, D]
+
+  auto h = embed_.index_select(0, ids);  // [N, hidden]
+  for (auto& L : layers_) {
+    auto qkv = linear(kernels::rms_norm(h, L.input_norm, eps), L.w_qkv, L.b_qkv);
+    auto q = qkv.narrow(1, 0, H * D).view({1, N, H, D});
+    auto k = qkv.narrow(1, H * D, KVH * D).view({1, N, KVH, D});
+    auto v = qkv.narrow(1, (H + KVH) * D, KVH * D).reshape({N, KVH, D});
+    if (L.q_norm.defined()) {
+      q = kernels::rms_norm(q, L.q_norm, eps);
+      k = kernels::rms_norm(k, L.k_norm, eps);
+    }
+    q = kernels::rope(q, cos, sin).view({N, H, D});
+    k = kernels::rope(k, cos, sin).view({N, KVH, D});
+    kernels::write_kv_cache(k, v, L.k_cache, L.v_cache, slots);
+    auto attn = kernels::paged_attention(q, L.k_cache, L.v_cache, query_start, context_lens, block_tables, scale);
+    h = h + linear(attn.view({N, H * D}), L.w_o, L.b_o);
+    auto mlp_in = kernels::rms_norm(h, L.post_norm, eps);
+    h = h + linear(kernels::swiglu_packed(linear(mlp_in, L.w_gate_up, L.b_gate_up)), L.w_down, L.b_down);
+  }
+  if (logit_rows.empty()) return torch::empty({0, cfg_.vocab_size}, torch::kFloat32);
+  auto rows = torch::tensor(logit_rows, i64).to(dev);
+  auto last = kernels::rms_norm(h.index_select(0, rows), final_norm_, eps);
+  return at::linear(last, lm_head_).to(torch::kCPU, torch::kFloat32).contiguous();
+}
+
+}  // namespace llmctl
