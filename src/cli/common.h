@@ -5,6 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "llmctl/engine/engine.h"
+#include "llmctl/engine/sampling.h"
+
 namespace c10 {
 struct Device;
 }
@@ -17,6 +20,8 @@ void add_tokenize(CLI::App& app);
 void add_init(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_train(CLI::App& app);  // pretrain and sft
+void add_chat(CLI::App& app);
+void add_bench(CLI::App& app);
 
 // Flags every model-running subcommand shares.
 struct RuntimeFlags {
@@ -26,6 +31,25 @@ struct RuntimeFlags {
   void add_to(CLI::App* sub);
   // Applies --threads (0: all cores) and checks --device is usable.
   void apply() const;
+};
+
+// The sampling flags of every generating subcommand (SPEC §3): --temperature --top-p
+// --top-k --min-p --repetition-penalty --presence-penalty --frequency-penalty
+// --max-new-tokens --seed --stop.
+struct SamplingFlags {
+  SamplingParams params;
+  std::int64_t seed = -1;  // < 0: random
+  void add_to(CLI::App* sub);
+  SamplingParams get() const;  // validated
+};
+
+// Engine sizing flags (KV pool, batch limits) plus --device/--dtype/--threads.
+struct EngineFlags {
+  EngineConfig cfg;
+  RuntimeFlags rt;
+  bool no_prefix_caching = false;
+  void add_to(CLI::App* sub);
+  EngineConfig get() const;  // applies the runtime flags too
 };
 
 // "1, 2,3" -> {1, 2, 3}; errors name `flag`.

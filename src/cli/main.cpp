@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
   llmctl::cli::add_init(app);
   llmctl::cli::add_eval(app);
   llmctl::cli::add_train(app);
+  llmctl::cli::add_chat(app);
+  llmctl::cli::add_bench(app);
 
   try {
     app.parse(argc, argv);

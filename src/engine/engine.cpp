@@ -131,7 +131,7 @@ std::vector<RequestOutput> Engine::step() {
     wants[i] = batch[i].seq->num_computed_tokens + batch[i].num_new == static_cast<int>(batch[i].seq->tokens.size());
   const auto tm = Clock::now();
   auto logits = runner_->forward(batch, wants);
-  stats_.model_s += seconds(tm, Clock::now());
+  stats_.model_s += seconds(tm, Clock::now()) - runner_->last_prepare_s();
 
   const int vocab = static_cast<int>(logits.size(1));
   float* lp = logits.data_ptr<float>();

@@ -69,6 +69,7 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
 
 torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const std::vector<bool>& wants_logits) {
   c10::InferenceMode inference;
+  const auto t_prepare = std::chrono::steady_clock::now();
   const auto S = static_cast<std::int64_t>(batch.size());
   std::int64_t N = 0, max_blocks = 1;
   for (const auto& s : batch) {
@@ -110,6 +111,8 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     ids = ids.to(dev), pos = pos.to(dev), slots = slots.to(dev);
     query_start = query_start.to(dev), context_lens = context_lens.to(dev), block_tables = block_tables.to(dev);
   }
+
+  last_prepare_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepare).count();
 
   const auto H = cfg_.num_attention_heads, KVH = cfg_.num_key_value_heads, D = cfg_.head_dim;
   const double eps = cfg_.rms_norm_eps, scale = 1.0 / std::sqrt(static_cast<double>(D));

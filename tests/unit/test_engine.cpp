@@ -9,6 +9,7 @@
 #include "llmctl/engine/engine.h"
 #include "llmctl/engine/scheduler.h"
 #include "llmctl/io/model_dir.h"
+#include "llmctl/util/error.h"
 #include "test_helpers.h"
 
 using namespace llmctl;
@@ -271,7 +272,7 @@ TEST(Engine, SameSeedSameTokensAndRejectsImpossibleRequests) {
   auto a = e.generate({{1, 2, 3}}, p)[0].output_token_ids;
   auto b = e.generate({{1, 2, 3}}, p)[0].output_token_ids;
   EXPECT_EQ(a, b);
-  EXPECT_ERROR_MENTIONS(e.add_request({}, p), "empty");
-  EXPECT_ERROR_MENTIONS(e.add_request({1, 500}, p), "vocabulary");
-  EXPECT_ERROR_MENTIONS(e.add_request(std::vector<int>(200, 1), p), "limit");  // 32 blocks x 4 = 128 tokens
+  EXPECT_ERROR_MENTIONS((e.add_request({}, p)), "empty");
+  EXPECT_ERROR_MENTIONS((e.add_request({1, 500}, p)), "vocabulary");
+  EXPECT_ERROR_MENTIONS((e.add_request(std::vector<int>(200, 1), p)), "limit");  // 32 blocks x 4 = 128 tokens
 }

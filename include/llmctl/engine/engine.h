@@ -50,7 +50,7 @@ struct RequestOutput {
 struct EngineStats {
   std::int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, preemptions = 0;
   std::int64_t prefix_queries = 0, prefix_hit_tokens = 0;
-  double model_s = 0, step_s = 0;  // time in the model forward / in whole steps
+  double model_s = 0, step_s = 0;  // time in the model's layers / in whole steps (the rest is overhead)
 };
 
 class Engine {

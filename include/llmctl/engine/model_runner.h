@@ -24,6 +24,9 @@ class ModelRunner {
   // prediction after that sequence's last scheduled token.
   torch::Tensor forward(const std::vector<ScheduledSeq>& batch, const std::vector<bool>& wants_logits);
 
+  // Seconds the last forward spent on the host preparing the batch (ids, positions,
+  // slots, block tables): engine overhead rather than model time.
+  double last_prepare_s() const { return last_prepare_s_; }
   const ModelConfig& config() const { return cfg_; }
   torch::ScalarType dtype() const { return dtype_; }
   // Bytes of K and V for one block over all layers.
@@ -38,6 +41,7 @@ class ModelRunner {
   ModelConfig cfg_;
   torch::ScalarType dtype_;
   int block_size_;
+  double last_prepare_s_ = 0;
   std::vector<Layer> layers_;
   torch::Tensor embed_, final_norm_, lm_head_;
   torch::Tensor rope_cos_, rope_sin_;  // [max_model_len, head_dim], fp32

@@ -1,0 +1,216 @@
+// llmctl chat: a multi-turn REPL (or one answer with --prompt) on the inference engine.
+// The conversation is kept as token ids: each turn appends the new user message to what
+// the model already saw (its own answer tokens included), so the prefix cache serves the
+// whole history and only the new message is computed (LMDeploy's stateful chat).
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "common.h"
+#include "llmctl/tokenizer/tokenizer.h"
+#include "llmctl/util/error.h"
+
+namespace llmctl::cli {
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+void on_sigint(int) { g_interrupted = true; }
+
+// Ctrl-C sets a flag instead of killing the process; without SA_RESTART a blocked read
+// returns, so the REPL notices at the prompt as well as during an answer.
+void install_sigint_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+struct Turn {
+  RequestOutput out;
+  bool interrupted = false;
+};
+
+class ChatSession {
+ public:
+  ChatSession(Engine& engine, SamplingParams params, bool raw, bool stream)
+      : engine_(engine), tok_(engine.tokenizer()), params_(std::move(params)), raw_(raw), stream_(stream) {}
+
+  void set_system(const std::string& s) {
+    system_ = s;
+    reset();
+  }
+  void reset() { history_.clear(); }
+
+  Turn ask(const std::string& user) {
+    const auto prompt = raw_ ? tok_.encode(user) : next_prompt(user);
+    Turn t = run(prompt);
+    if (!raw_) remember(prompt, t.out);
+    return t;
+  }
+
+ private:
+  // ChatML for the new turn appended to the conversation's tokens.
+  std::vector<int> next_prompt(const std::string& user) {
+    std::vector<int> ids = history_;
+    std::string text;
+    if (ids.empty() && !system_.empty()) text = Tokenizer::render_chatml({{"system", system_}}, false);
+    text += Tokenizer::render_chatml({{"user", user}}, true);
+    const auto more = tok_.encode(text);
+    ids.insert(ids.end(), more.begin(), more.end());
+    return ids;
+  }
+
+  // The answer's own tokens stay in the history when it ended with <|im_end|>; otherwise
+  // (length limit, stop string, Ctrl-C) the shown text is closed with <|im_end|> and
+  // tokenised, since the model never produced the end of turn itself.
+  void remember(const std::vector<int>& prompt, const RequestOutput& out) {
+    history_ = prompt;
+    const auto& ids = out.output_token_ids;
+    const int im_end = tok_.piece_to_id(kImEnd);
+    if (!ids.empty() && ids.back() == im_end && out.finish_reason == "stop") {
+      history_.insert(history_.end(), ids.begin(), ids.end());
+      const auto nl = tok_.encode("\n");
+      history_.insert(history_.end(), nl.begin(), nl.end());
+    } else {
+      const auto closing = tok_.encode(out.text + kImEnd + "\n");
+      history_.insert(history_.end(), closing.begin(), closing.end());
+    }
+  }
+
+  Turn run(const std::vector<int>& prompt) {
+    Turn t;
+    const auto id = engine_.add_request(prompt, params_);
+    std::string text;
+    g_interrupted = false;
+    while (true) {
+      if (g_interrupted) {
+        t.out = engine_.cancel(id);
+        t.interrupted = true;
+        break;
+      }
+      bool done = false;
+      for (auto& o : engine_.step()) {
+        if (o.id != id) continue;
+        text += o.text;
+        if (stream_ && !o.text.empty()) {
+          std::fwrite(o.text.data(), 1, o.text.size(), stdout);
+          std::fflush(stdout);
+        }
+        if (o.finished) {
+          t.out = std::move(o);
+          done = true;
+        }
+      }
+      if (done) break;
+    }
+    if (stream_ && !t.out.text.empty() && t.interrupted) std::fwrite(t.out.text.data(), 1, t.out.text.size(), stdout);
+    t.out.text = text + (t.interrupted ? t.out.text : "");
+    return t;
+  }
+
+  Engine& engine_;
+  const Tokenizer& tok_;
+  SamplingParams params_;
+  bool raw_, stream_;
+  std::string system_;
+  std::vector<int> history_;
+};
+
+nlohmann::json turn_json(const Turn& t) {
+  const auto& o = t.out;
+  const int n_out = static_cast<int>(o.output_token_ids.size());
+  const double decode_s = o.total_s - o.ttft_s;
+  return {{"text", o.text},
+          {"prompt_token_ids", o.prompt_token_ids},
+          {"output_token_ids", o.output_token_ids},
+          {"finish_reason", o.finish_reason},
+          {"timings",
+           {{"prompt_tokens", o.prompt_token_ids.size()},
+            {"cached_prompt_tokens", o.num_cached_prompt_tokens},
+            {"output_tokens", n_out},
+            {"ttft_s", o.ttft_s},
+            {"total_s", o.total_s},
+            {"decode_tokens_per_s", n_out > 1 && decode_s > 0 ? (n_out - 1) / decode_s : 0.0}}}};
+}
+
+}  // namespace
+
+void add_chat(CLI::App& app) {
+  struct Opts {
+    std::string model, prompt, system;
+    bool raw = false, json = false;
+    SamplingFlags sampling;
+    EngineFlags engine;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("chat", "Chat with a model (multi-turn REPL), or answer one --prompt");
+  sub->footer(
+      "REPL commands: /reset (forget the conversation), /system TEXT (new system prompt, resets), /exit.\n"
+      "Ctrl-C stops the current answer; Ctrl-D or /exit leaves.");
+  sub->add_option("--model", o->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  sub->add_option("--prompt", o->prompt, "Answer this once and exit");
+  sub->add_option("--system", o->system, "System prompt");
+  sub->add_flag("--raw", o->raw, "Plain completion without the chat template (for pretrained models)");
+  sub->add_flag("--json", o->json, "Print one JSON object per answer: text, token ids, finish reason, timings");
+  o->sampling.add_to(sub);
+  o->engine.add_to(sub);
+  sub->callback([o] {
+    Engine engine(o->model, o->engine.get());
+    if (!Tokenizer::exists_in(o->model)) throw Error("--model " + o->model + " has no tokenizer.model");
+    ChatSession chat(engine, o->sampling.get(), o->raw, !o->json);
+    if (!o->system.empty()) chat.set_system(o->system);
+    install_sigint_handler();
+
+    if (!o->prompt.empty()) {
+      auto t = chat.ask(o->prompt);
+      if (o->json)
+        print_json(turn_json(t));
+      else
+        std::printf("\n");
+      return;
+    }
+    const bool tty = isatty(STDIN_FILENO);
+    if (tty)
+      std::fprintf(stderr, "llmctl chat: %s. /reset, /system TEXT, /exit; Ctrl-C stops an answer.\n",
+                   o->model.c_str());
+    std::string line;
+    while (true) {
+      if (tty) std::fprintf(stderr, "> ");
+      g_interrupted = false;
+      if (!std::getline(std::cin, line)) {
+        if (g_interrupted && !std::cin.eof()) {  // Ctrl-C at the prompt: a fresh line
+          std::cin.clear();
+          std::fprintf(stderr, "\n");
+          continue;
+        }
+        break;
+      }
+      if (line.empty()) continue;
+      if (line == "/exit" || line == "/quit") break;
+      if (line == "/reset") {
+        chat.reset();
+        if (tty) std::fprintf(stderr, "(conversation reset)\n");
+        continue;
+      }
+      if (line.rfind("/system", 0) == 0) {
+        chat.set_system(line.size() > 8 ? line.substr(8) : "");
+        if (tty) std::fprintf(stderr, "(system prompt set, conversation reset)\n");
+        continue;
+      }
+      auto t = chat.ask(line);
+      if (o->json) {
+        std::cout << turn_json(t).dump() << std::endl;
+      } else {
+        std::printf(t.interrupted ? " [stopped]\n" : "\n");
+        std::fflush(stdout);
+      }
+    }
+  });
+}
+
+}  // namespace llmctl::cli
