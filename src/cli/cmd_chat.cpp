@@ -38,7 +38,7 @@ struct Turn {
 class ChatSession {
  public:
   ChatSession(Engine& engine, SamplingParams params, bool raw, bool stream)
-      : engine_(engine), tok_(engine.tokenizer()), params_(std::move(params)), raw_(raw), stream_(stream) {}
+      : engine_(engine), tok_(engine.tokenizer_ptr()), params_(std::move(params)), raw_(raw), stream_(stream) {}
 
   void set_system(const std::string& s) {
     system_ = s;
@@ -46,8 +46,11 @@ class ChatSession {
   }
   void reset() { history_.clear(); }
 
+  // Plain completion of given token ids (scripts, tokenizer-less model dirs).
+  Turn complete(const std::vector<int>& ids) { return run(ids); }
+
   Turn ask(const std::string& user) {
-    const auto prompt = raw_ ? tok_.encode(user) : next_prompt(user);
+    const auto prompt = raw_ ? tok_->encode(user) : next_prompt(user);
     Turn t = run(prompt);
     if (!raw_) remember(prompt, t.out);
     return t;
@@ -60,26 +63,29 @@ class ChatSession {
     std::string text;
     if (ids.empty() && !system_.empty()) text = Tokenizer::render_chatml({{"system", system_}}, false);
     text += Tokenizer::render_chatml({{"user", user}}, true);
-    const auto more = tok_.encode(text);
+    const auto more = tok_->encode(text);
     ids.insert(ids.end(), more.begin(), more.end());
     return ids;
   }
 
-  // The answer's own tokens stay in the history when it ended with <|im_end|>; otherwise
-  // (length limit, stop string, Ctrl-C) the shown text is closed with <|im_end|> and
-  // tokenised, since the model never produced the end of turn itself.
+  // The history keeps the answer's own tokens (what the model saw), closed with
+  // <|im_end|>\n as ChatML renders it, so the next turn's prompt extends this one token for
+  // token and hits the prefix cache. Only an answer cut by a stop string is re-tokenised
+  // from the text shown, since its tokens carry the stop string.
   void remember(const std::vector<int>& prompt, const RequestOutput& out) {
     history_ = prompt;
-    const auto& ids = out.output_token_ids;
-    const int im_end = tok_.piece_to_id(kImEnd);
-    if (!ids.empty() && ids.back() == im_end && out.finish_reason == "stop") {
-      history_.insert(history_.end(), ids.begin(), ids.end());
-      const auto nl = tok_.encode("\n");
-      history_.insert(history_.end(), nl.begin(), nl.end());
-    } else {
-      const auto closing = tok_.encode(out.text + kImEnd + "\n");
+    const int im_end = tok_->piece_to_id(kImEnd);
+    auto ids = out.output_token_ids;
+    const bool ended_by_model = !ids.empty() && ids.back() == im_end;
+    if (out.finish_reason == "stop" && !ended_by_model) {
+      const auto closing = tok_->encode(out.text + kImEnd + "\n");
       history_.insert(history_.end(), closing.begin(), closing.end());
+      return;
     }
+    if (!ended_by_model) ids.push_back(im_end);
+    history_.insert(history_.end(), ids.begin(), ids.end());
+    const auto nl = tok_->encode("\n");
+    history_.insert(history_.end(), nl.begin(), nl.end());
   }
 
   Turn run(const std::vector<int>& prompt) {
@@ -114,7 +120,7 @@ class ChatSession {
   }
 
   Engine& engine_;
-  const Tokenizer& tok_;
+  const Tokenizer* tok_;  // null for tokenizer-less model dirs (--prompt-ids only)
   SamplingParams params_;
   bool raw_, stream_;
   std::string system_;
@@ -142,7 +148,7 @@ nlohmann::json turn_json(const Turn& t) {
 
 void add_chat(CLI::App& app) {
   struct Opts {
-    std::string model, prompt, system;
+    std::string model, prompt, prompt_ids, system;
     bool raw = false, json = false;
     SamplingFlags sampling;
     EngineFlags engine;
@@ -154,15 +160,27 @@ void add_chat(CLI::App& app) {
       "Ctrl-C stops the current answer; Ctrl-D or /exit leaves.");
   sub->add_option("--model", o->model, "Model directory")->required()->check(CLI::ExistingDirectory);
   sub->add_option("--prompt", o->prompt, "Answer this once and exit");
+  auto* ids = sub->add_option("--prompt-ids", o->prompt_ids,
+                              "Complete these comma-separated token ids once and exit (no template, no tokenizer needed)");
+  ids->excludes(sub->get_option("--prompt"));
   sub->add_option("--system", o->system, "System prompt");
   sub->add_flag("--raw", o->raw, "Plain completion without the chat template (for pretrained models)");
   sub->add_flag("--json", o->json, "Print one JSON object per answer: text, token ids, finish reason, timings");
   o->sampling.add_to(sub);
   o->engine.add_to(sub);
   sub->callback([o] {
+    const auto params = o->sampling.get();
     Engine engine(o->model, o->engine.get());
-    if (!Tokenizer::exists_in(o->model)) throw Error("--model " + o->model + " has no tokenizer.model");
-    ChatSession chat(engine, o->sampling.get(), o->raw, !o->json);
+    ChatSession chat(engine, params, o->raw, !o->json);
+    if (!o->prompt_ids.empty()) {
+      auto t = chat.complete(parse_id_list(o->prompt_ids, "--prompt-ids"));
+      if (o->json)
+        print_json(turn_json(t));
+      else
+        std::printf("%s\n", nlohmann::json(t.out.output_token_ids).dump().c_str());
+      return;
+    }
+    if (!engine.has_tokenizer()) throw Error("--model " + o->model + " has no tokenizer.model (use --prompt-ids)");
     if (!o->system.empty()) chat.set_system(o->system);
     install_sigint_handler();
 

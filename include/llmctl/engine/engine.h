@@ -71,7 +71,9 @@ class Engine {
   // Convenience: runs the given prompts to completion together; results in input order.
   std::vector<RequestOutput> generate(const std::vector<std::vector<int>>& prompts, const SamplingParams& params);
 
+  bool has_tokenizer() const { return tokenizer_ != nullptr; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const Tokenizer* tokenizer_ptr() const { return tokenizer_.get(); }
   const ModelConfig& model_config() const { return model_cfg_; }
   const EngineConfig& config() const { return cfg_; }
   EngineStats stats() const;
