@@ -1,5 +1,6 @@
 #include "llmctl/engine/model_runner.h"
 
+#include "llmctl/kernels/linear.h"
 #include "llmctl/kernels/paged_attention.h"
 #include "llmctl/kernels/rmsnorm.h"
 #include "llmctl/kernels/rope.h"
@@ -19,10 +20,6 @@ torch::Tensor cat_or_undef(std::vector<torch::Tensor> parts) {
   for (auto& p : parts)
     if (!p.defined()) return {};
   return torch::cat(parts, 0);
-}
-
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
 }
 
 }  // namespace
@@ -120,7 +117,7 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
 
   auto h = embed_.index_select(0, ids);  // [N, hidden]
   for (auto& L : layers_) {
-    auto qkv = linear(kernels::rms_norm(h, L.input_norm, eps), L.w_qkv, L.b_qkv);
+    auto qkv = kernels::linear(kernels::rms_norm(h, L.input_norm, eps), L.w_qkv, L.b_qkv);
     auto q = qkv.narrow(1, 0, H * D).view({1, N, H, D});
     auto k = qkv.narrow(1, H * D, KVH * D).view({1, N, KVH, D});
     auto v = qkv.narrow(1, (H + KVH) * D, KVH * D).reshape({N, KVH, D});
@@ -132,14 +129,14 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     k = kernels::rope(k, cos, sin).view({N, KVH, D});
     kernels::write_kv_cache(k, v, L.k_cache, L.v_cache, slots);
     auto attn = kernels::paged_attention(q, L.k_cache, L.v_cache, query_start, context_lens, block_tables, scale);
-    h = h + linear(attn.view({N, H * D}), L.w_o, L.b_o);
+    h = h + kernels::linear(attn.view({N, H * D}), L.w_o, L.b_o);
     auto mlp_in = kernels::rms_norm(h, L.post_norm, eps);
-    h = h + linear(kernels::swiglu_packed(linear(mlp_in, L.w_gate_up, L.b_gate_up)), L.w_down, L.b_down);
+    h = h + kernels::linear(kernels::swiglu_packed(kernels::linear(mlp_in, L.w_gate_up, L.b_gate_up)), L.w_down, L.b_down);
   }
   if (logit_rows.empty()) return torch::empty({0, cfg_.vocab_size}, torch::kFloat32);
   auto rows = torch::tensor(logit_rows, i64).to(dev);
   auto last = kernels::rms_norm(h.index_select(0, rows), final_norm_, eps);
-  return at::linear(last, lm_head_).to(torch::kCPU, torch::kFloat32).contiguous();
+  return kernels::linear(last, lm_head_).to(torch::kCPU, torch::kFloat32).contiguous();
 }
 
 }  // namespace llmctl

@@ -5,6 +5,7 @@
 
 #include "llmctl/kernels/rmsnorm.h"
 #include "llmctl/kernels/cross_entropy.h"
+#include "llmctl/kernels/linear.h"
 #include "llmctl/kernels/rope.h"
 #include "llmctl/kernels/swiglu.h"
 #include "llmctl/model/transformer.h"
@@ -171,4 +172,22 @@ TEST(RMSNormCuda, MatchesCpuPath) {
           << (got.to(torch::kFloat32) - expect.to(torch::kFloat32)).abs().max().item<float>();
     }
   }
+}
+
+TEST(Linear, GemvPathMatchesAtLinear) {
+  torch::manual_seed(4);
+  for (auto dt : {torch::kFloat32, torch::kBFloat16})
+    for (std::int64_t m : {1, 3, 4, 9})       // 9 rows: the GEMM path
+      for (std::int64_t n : {1, 7, 64, 130})  // row counts around the kernel's 4-row blocks
+        for (std::int64_t k : {5, 16, 100}) {
+          auto x = torch::randn({m, k}).to(dt), w = torch::randn({n, k}).to(dt), b = torch::randn({n}).to(dt);
+          auto ref = at::linear(x.to(torch::kFloat64), w.to(torch::kFloat64), b.to(torch::kFloat64));
+          auto y = kernels::linear(x, w, b);
+          ASSERT_EQ(y.scalar_type(), dt);
+          ASSERT_EQ(y.sizes(), ref.sizes());
+          const double tol = dt == torch::kFloat32 ? 1e-4 : 0.1;  // bf16: the output rounding
+          EXPECT_TRUE(torch::allclose(y.to(torch::kFloat64), ref, tol, tol)) << m << "x" << n << "x" << k;
+          EXPECT_TRUE(torch::allclose(kernels::linear(x.unsqueeze(0), w).squeeze(0).to(torch::kFloat64),
+                                      at::linear(x.to(torch::kFloat64), w.to(torch::kFloat64)), tol, tol));
+        }
 }
