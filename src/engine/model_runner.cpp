@@ -69,8 +69,10 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
   const auto t_prepare = std::chrono::steady_clock::now();
   const auto S = static_cast<std::int64_t>(batch.size());
   std::int64_t N = 0, max_blocks = 1;
+  bool decode = true;  // only decode steps: the GEMV path (see kernels/linear.h)
   for (const auto& s : batch) {
     N += s.num_new;
+    decode = decode && s.num_new == 1 && s.seq->num_computed_tokens >= s.seq->num_prompt_tokens;
     max_blocks = std::max<std::int64_t>(max_blocks, static_cast<std::int64_t>(s.seq->block_table.size()));
   }
   // Host-side batch description: token ids, positions, cache slots, per-sequence ranges.
@@ -117,7 +119,7 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
 
   auto h = embed_.index_select(0, ids);  // [N, hidden]
   for (auto& L : layers_) {
-    auto qkv = kernels::linear(kernels::rms_norm(h, L.input_norm, eps), L.w_qkv, L.b_qkv);
+    auto qkv = kernels::linear(kernels::rms_norm(h, L.input_norm, eps), L.w_qkv, L.b_qkv, decode);
     auto q = qkv.narrow(1, 0, H * D).view({1, N, H, D});
     auto k = qkv.narrow(1, H * D, KVH * D).view({1, N, KVH, D});
     auto v = qkv.narrow(1, (H + KVH) * D, KVH * D).reshape({N, KVH, D});
@@ -129,14 +131,15 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     k = kernels::rope(k, cos, sin).view({N, KVH, D});
     kernels::write_kv_cache(k, v, L.k_cache, L.v_cache, slots);
     auto attn = kernels::paged_attention(q, L.k_cache, L.v_cache, query_start, context_lens, block_tables, scale);
-    h = h + kernels::linear(attn.view({N, H * D}), L.w_o, L.b_o);
+    h = h + kernels::linear(attn.view({N, H * D}), L.w_o, L.b_o, decode);
     auto mlp_in = kernels::rms_norm(h, L.post_norm, eps);
-    h = h + kernels::linear(kernels::swiglu_packed(kernels::linear(mlp_in, L.w_gate_up, L.b_gate_up)), L.w_down, L.b_down);
+    auto act = kernels::swiglu_packed(kernels::linear(mlp_in, L.w_gate_up, L.b_gate_up, decode));
+    h = h + kernels::linear(act, L.w_down, L.b_down, decode);
   }
   if (logit_rows.empty()) return torch::empty({0, cfg_.vocab_size}, torch::kFloat32);
   auto rows = torch::tensor(logit_rows, i64).to(dev);
   auto last = kernels::rms_norm(h.index_select(0, rows), final_norm_, eps);
-  return kernels::linear(last, lm_head_).to(torch::kCPU, torch::kFloat32).contiguous();
+  return kernels::linear(last, lm_head_, {}, decode).to(torch::kCPU, torch::kFloat32).contiguous();
 }
 
 }  // namespace llmctl

@@ -15,10 +15,21 @@ bool gemv_applies(const torch::Tensor& x, const torch::Tensor& w) {
          x.numel() / x.size(-1) <= kGemvMaxRows;
 }
 
+torch::Tensor gemm_padded(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  auto x2 = x.reshape({-1, x.size(-1)});
+  const auto rows = x2.size(0), pad = (4 - rows % 4) % 4;
+  if (pad) x2 = torch::cat({x2, x2.new_zeros({pad, x2.size(1)})});
+  auto y = b.defined() ? at::linear(x2, w, b) : at::linear(x2, w);
+  if (pad) y = y.narrow(0, 0, rows);
+  auto sizes = x.sizes().vec();
+  sizes.back() = w.size(0);
+  return y.view(sizes);
+}
+
 }  // namespace
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  if (!gemv_applies(x, w)) return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool decode) {
+  if (!decode || !gemv_applies(x, w)) return gemm_padded(x, w, b);
   const auto K = w.size(1), N = w.size(0), M = x.numel() / K;
   auto xf = x.reshape({M, K}).to(torch::kFloat32).contiguous();
   auto y = torch::empty({M, N}, xf.options());

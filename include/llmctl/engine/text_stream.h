@@ -24,21 +24,33 @@ class TextStream {
     std::string stop;       // which one
   };
   Delta push(int token_id);
-  // End of the request (EOS, length, cancel): releases held-back text that cannot become a
-  // stop string any more (an incomplete UTF-8 tail is dropped).
+  // End of the request (EOS, length, cancel): releases the held-back text, since it cannot
+  // become a stop string any more. Bytes of an unfinished UTF-8 character come out as
+  // U+FFFD, as in tokenizer.decode of all ids. Nothing after a stop.
   std::string finish();
   // All text emitted so far.
   const std::string& text() const { return emitted_; }
 
  private:
+  // Decodes the ids not yet turned into text, unless they end inside a UTF-8 character
+  // (`final`: decode them anyway, as a full decode would, with U+FFFD).
+  std::string detokenize(bool final);
+  // Moves pending_ text that cannot be part of a stop string into a Delta.
+  Delta release(bool final);
+  // True when the last ids are byte tokens that start a UTF-8 character but do not
+  // complete it yet.
+  bool ends_mid_character() const;
+
   const Tokenizer* tok_;
   std::vector<std::string> stops_;
   std::vector<int> ids_;
   std::string emitted_;
-  // Implementation state (offsets into ids_ / decoded text) is free to change.
+  // ids_[prefix_offset_, read_offset_) were decoded last time: they give the next decode
+  // its context (leading-space marker, byte runs); ids_ from read_offset_ on are new.
   std::size_t prefix_offset_ = 0, read_offset_ = 0;
   std::string pending_;  // decoded but held back (possible stop-string prefix)
   bool stopped_ = false;
+  std::string stop_hit_;  // the stop string that ended the stream
 };
 
 }  // namespace llmctl
