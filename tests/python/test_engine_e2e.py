@@ -74,8 +74,9 @@ def test_prompt_once_streams_text(llmctl, nano_chat):
 
 
 def test_ctrl_c_stops_the_answer_not_the_session(llmctl_bin, nano_chat):
-    p = subprocess.Popen([llmctl_bin, "chat", "--model", nano_chat, "--json", "--max-new-tokens", 100000,
-                          "--max-model-len", 100000, "--temperature", 1.0, "--threads", 1],
+    cmd = [llmctl_bin, "chat", "--model", nano_chat, "--json", "--max-new-tokens", 100000,
+           "--max-model-len", 100000, "--temperature", 1.0, "--threads", 1]
+    p = subprocess.Popen([str(c) for c in cmd],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         p.stdin.write("tell me a long story\n")
