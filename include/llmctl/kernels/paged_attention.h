@@ -24,6 +24,11 @@ namespace llmctl::kernels {
 // h / (heads / kv_heads), without materialising repeated K/V. Returns [N, heads, head_dim]
 // in q's dtype. Softmax and accumulation in fp32. Multi-threaded over sequences x kv heads
 // (and query chunks of long prefills).
+// head_dim must be even and at most 256; the caches contiguous. The int32 metadata may sit
+// on any device (it is read on the host). Every shape, dtype, device and index (query
+// ranges, context lengths, used block ids) is checked first: bad input throws
+// llmctl::Error. fp32 / bf16 on the CPU run the hand-written kernel; anything else (CUDA,
+// fp16) runs paged_attention_reference (the kernel records no autograd history).
 torch::Tensor paged_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale);
@@ -36,7 +41,8 @@ torch::Tensor paged_attention_reference(const torch::Tensor& q, const torch::Ten
                                         double scale);
 
 // Stores the new tokens' keys and values: k, v: [N, kv_heads, head_dim]; slot_mapping:
-// int64 [N], slot = block * block_size + row. Casts to the cache dtype.
+// int64 [N], slot = block * block_size + row, each inside the (contiguous) caches. Casts
+// to the cache dtype. Bad shapes, dtypes or slots throw llmctl::Error.
 void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& k_cache, torch::Tensor& v_cache,
                     const torch::Tensor& slot_mapping);
 

@@ -1,0 +1,274 @@
+#include "paged_attention_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "simd.h"
+
+// Flash-style attention over one work item. The item's query rows are (token, head of the
+// group) pairs, m = token * group + head, so each K/V row is read once for the whole GQA
+// group. Rows go in tiles of W (one SIMD vector of fp32), stored transposed
+// ([head_dim][W], pre-scaled), so a tile's scores against one key are one vector:
+// s[j][:] += k[j][d] * qt[d][:] is a broadcast-multiply-add with no horizontal sums, and the
+// softmax bookkeeping (max, exp, sum) runs across rows in the same vectors. Keys go in tiles
+// of kKeys with an online softmax: a running max and sum per row, the fp32 output rescaled
+// when the max grows.
+namespace llmctl::kernels::cpu {
+namespace {
+
+constexpr int kKeys = 16;  // keys per tile
+constexpr int kPad = 16;   // head_dim is padded with zeros to a multiple of this (any W divides it)
+
+// The two micro-kernels keep a few accumulator vectors in registers across their inner
+// loop; plain loops over arrays leave that to chance (GCC spills them), GCC's vector types
+// do not. vec<W>() views W floats at any float-aligned address as one vector.
+template <int W>
+struct Lanes {
+  typedef float type __attribute__((vector_size(W * sizeof(float))));
+  typedef float view __attribute__((vector_size(W * sizeof(float)), aligned(alignof(float)), may_alias));
+};
+template <int W>
+inline __attribute__((always_inline)) typename Lanes<W>::view& vec(float* p) {
+  return *reinterpret_cast<typename Lanes<W>::view*>(p);
+}
+template <int W>
+inline __attribute__((always_inline)) const typename Lanes<W>::view& vec(const float* p) {
+  return *reinterpret_cast<const typename Lanes<W>::view*>(p);
+}
+
+// s[j][:] = sum_{d < D} k[j][d] * qt[d][:] for the kKeys keys of a tile (rows of k have
+// stride ld), four keys per pass so each load of qt feeds four multiply-adds.
+template <int W>
+inline __attribute__((always_inline)) void tile_scores(const float* __restrict qt, const float* __restrict k,
+                                                       std::int64_t D, std::int64_t ld, float (*__restrict s)[W]) {
+  using V = typename Lanes<W>::type;
+  for (int j = 0; j < kKeys; j += 4) {
+    const float *k0 = k + j * ld, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (std::int64_t d = 0; d < D; ++d) {
+      const V x = vec<W>(qt + d * W);
+      a0 += k0[d] * x;
+      a1 += k1[d] * x;
+      a2 += k2[d] * x;
+      a3 += k3[d] * x;
+    }
+    vec<W>(s[j]) = a0;
+    vec<W>(s[j + 1]) = a1;
+    vec<W>(s[j + 2]) = a2;
+    vec<W>(s[j + 3]) = a3;
+  }
+}
+
+// For rows r .. r+3 of the tile: o_r = alpha[r] * o_r + sum_{j < n} p[j][r] * v[j], the four
+// rows sharing each load of v. Rows of o and v have stride ld, a multiple of W.
+template <int W>
+inline __attribute__((always_inline)) void accumulate_values(float* __restrict o, const float* __restrict alpha,
+                                                             const float (*__restrict p)[W], int r,
+                                                             const float* __restrict v, int n, std::int64_t ld) {
+  using V = typename Lanes<W>::type;
+  float *o0 = o, *o1 = o0 + ld, *o2 = o1 + ld, *o3 = o2 + ld;
+  for (std::int64_t c = 0; c < ld; c += W) {
+    V a0 = alpha[r] * vec<W>(o0 + c), a1 = alpha[r + 1] * vec<W>(o1 + c), a2 = alpha[r + 2] * vec<W>(o2 + c),
+      a3 = alpha[r + 3] * vec<W>(o3 + c);
+    for (int j = 0; j < n; ++j) {
+      const V x = vec<W>(v + j * ld + c);
+      a0 += p[j][r] * x;
+      a1 += p[j][r + 1] * x;
+      a2 += p[j][r + 2] * x;
+      a3 += p[j][r + 3] * x;
+    }
+    vec<W>(o0 + c) = a0;
+    vec<W>(o1 + c) = a1;
+    vec<W>(o2 + c) = a2;
+    vec<W>(o3 + c) = a3;
+  }
+}
+
+// Online softmax step for one row tile and key tile, vectorised across the rows: masks keys
+// after each row's position, updates the running max `mx` and sum `l`, leaves the scale of
+// the old output in `alpha` and the probabilities in s (exact zeros where masked). Key 0
+// is visible to every row, so after the first key tile the max is finite.
+template <int W>
+inline __attribute__((always_inline)) void softmax_step(float (*__restrict s)[W], const float* __restrict pos,
+                                                        float first_key, bool masked, float* __restrict mx,
+                                                        float* __restrict l, float* __restrict alpha) {
+  float mnew[W], sum[W] = {};
+  for (int r = 0; r < W; ++r) mnew[r] = mx[r];
+  if (masked)
+    for (int j = 0; j < kKeys; ++j)
+      for (int r = 0; r < W; ++r) s[j][r] = first_key + j <= pos[r] ? s[j][r] : -INFINITY;
+  for (int j = 0; j < kKeys; ++j)
+    for (int r = 0; r < W; ++r) mnew[r] = s[j][r] > mnew[r] ? s[j][r] : mnew[r];
+  for (int j = 0; j < kKeys; ++j)
+    for (int r = 0; r < W; ++r) {
+      // exp_approx clamps, so -inf gives a tiny value: zero it (a product, not a branch,
+      // so the loop vectorises)
+      const float keep = first_key + j <= pos[r] ? 1.0f : 0.0f;
+      const float p = exp_approx(s[j][r] - mnew[r]) * keep;
+      s[j][r] = p;
+      sum[r] += p;
+    }
+  for (int r = 0; r < W; ++r) {
+    alpha[r] = exp_approx(mx[r] - mnew[r]);  // ~0 on the first key tile, where o and l are 0
+    l[r] = l[r] * alpha[r] + sum[r];
+    mx[r] = mnew[r];
+  }
+}
+
+template <typename T, int W>
+inline __attribute__((always_inline)) void attend(const T* q, const T* k_cache, const T* v_cache, T* out,
+                                                  const PagedAttentionShape& sh, const PagedAttentionItem& it,
+                                                  std::vector<float>& scratch) {
+  const std::int64_t D = sh.head_dim, H = sh.heads, G = sh.heads / sh.kv_heads, bs = sh.block_size;
+  const std::int64_t Dp = (D + kPad - 1) / kPad * kPad;  // rows padded with zeros to whole vectors
+  const std::int64_t tokens = it.row_end - it.row_begin;
+  const std::int64_t M = tokens * G;
+  const std::int64_t tiles = (M + W - 1) / W, padded = tiles * W;
+  const std::int64_t keys = it.first_pos + tokens;
+
+  // Scratch: transposed queries, outputs, running max / sum, row positions, the K and V
+  // tile in fp32.
+  const std::size_t need = static_cast<std::size_t>(2 * padded * Dp + 3 * padded + 2 * kKeys * Dp);
+  if (scratch.size() < need) scratch.resize(need);
+  float* qt = scratch.data();
+  float* o = qt + padded * Dp;
+  float* mx = o + padded * Dp;
+  float* l = mx + padded;
+  float* pos = l + padded;  // positions as float (exact below 2^24) to compare in the score vectors
+  float* kbuf = pos + padded;
+  float* vbuf = kbuf + kKeys * Dp;
+
+  for (std::int64_t m = 0; m < padded; ++m) {
+    float* dst = qt + (m / W) * Dp * W + m % W;
+    if (m < M) {
+      const std::int64_t i = m / G, h = it.kv_head * G + m % G;
+      const T* src = q + ((it.row_begin + i) * H + h) * D;
+      for (std::int64_t d = 0; d < D; ++d) dst[d * W] = load(src, d) * sh.scale;
+      pos[m] = static_cast<float>(it.first_pos + i);
+    } else {  // padding rows: zero queries at the last row's position, never written out
+      for (std::int64_t d = 0; d < D; ++d) dst[d * W] = 0.0f;
+      pos[m] = static_cast<float>(keys - 1);
+    }
+    mx[m] = -INFINITY;
+    l[m] = 0.0f;
+  }
+  std::fill(o, o + padded * Dp, 0.0f);
+  std::fill(kbuf, kbuf + 2 * kKeys * Dp, 0.0f);  // keeps the padding columns and rows zero
+
+  alignas(64) float s[kKeys][W];
+  alignas(64) float alpha[W];
+  // fp32 rows of whole vectors, blocks holding whole key tiles: each tile is read in place
+  // from its block. Otherwise it is gathered (and converted) into kbuf / vbuf. In place, the
+  // last tile's rows past the context hold whatever the block holds: their scores are
+  // masked and their values never read.
+  const bool in_place = std::is_same<T, float>::value && D == Dp && bs % kKeys == 0;
+  for (std::int64_t t0 = 0; t0 < keys; t0 += kKeys) {
+    const int n = static_cast<int>(std::min<std::int64_t>(kKeys, keys - t0));
+    const float *kt = kbuf, *vt = vbuf;
+    if constexpr (std::is_same<T, float>::value) {
+      if (in_place) {
+        const std::int64_t off = ((it.block_table[t0 / bs] * sh.kv_heads + it.kv_head) * bs + t0 % bs) * D;
+        kt = k_cache + off;
+        vt = v_cache + off;
+      }
+    }
+    if (!in_place) {
+      for (int j = 0; j < n; ++j) {
+        const std::int64_t p = t0 + j;
+        const std::int64_t off = ((it.block_table[p / bs] * sh.kv_heads + it.kv_head) * bs + p % bs) * D;
+        for (std::int64_t d = 0; d < D; ++d) kbuf[j * Dp + d] = load(k_cache + off, d);
+        for (std::int64_t d = 0; d < D; ++d) vbuf[j * Dp + d] = load(v_cache + off, d);
+      }
+      if (n < kKeys) {  // past the context (the last tile): finite zeros, masked below
+        std::fill(kbuf + n * Dp, kbuf + kKeys * Dp, 0.0f);
+        std::fill(vbuf + n * Dp, vbuf + kKeys * Dp, 0.0f);
+      }
+    }
+    const float first_key = static_cast<float>(t0), last_key = static_cast<float>(t0 + kKeys - 1);
+    for (std::int64_t t = 0; t < tiles; ++t) {
+      const float* tp = pos + t * W;  // non-decreasing within the tile
+      if (tp[W - 1] < first_key) continue;  // every row of the tile precedes these keys
+      tile_scores<W>(qt + t * Dp * W, kt, D, Dp, s);
+      // The causal diagonal (or the context's end) crosses the tile when its last key lies
+      // after the first row's position.
+      softmax_step<W>(s, tp, first_key, last_key > tp[0], mx + t * W, l + t * W, alpha);
+      const int rows = static_cast<int>(std::min<std::int64_t>(W, M - t * W));
+      for (int r = 0; r < rows; r += 4) {
+        // keys after the block's last row have p = 0 for all four rows: skip them
+        const int visible = std::min(n, static_cast<int>(tp[r + 3] - first_key) + 1);
+        accumulate_values<W>(o + (t * W + r) * Dp, alpha, s, r, vt, visible, Dp);
+      }
+    }
+  }
+
+  for (std::int64_t m = 0; m < M; ++m) {
+    const std::int64_t i = m / G, h = it.kv_head * G + m % G;
+    T* dst = out + ((it.row_begin + i) * H + h) * D;
+    const float* src = o + m * Dp;
+    const float inv = 1.0f / l[m];
+    for (std::int64_t d = 0; d < D; ++d) store(dst, d, src[d] * inv);
+  }
+}
+
+// The vector width has to follow the instruction set (a 16-lane vector type compiled for
+// AVX2 is split clumsily and runs several times slower), so instead of LLMCTL_SIMD_CLONES
+// each width gets its own target and the CPU is checked once.
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T>
+__attribute__((target("avx512f,fma"))) void attend_avx512(const T* q, const T* k, const T* v, T* out,
+                                                      const PagedAttentionShape& sh, const PagedAttentionItem& it,
+                                                      std::vector<float>& scratch) {
+  // Up to 8 query rows (a decode step of a group of up to 8 heads): half-width tiles waste
+  // fewer lanes, and AVX-512 does not run them slower. (fma: so that they contract the same
+  // multiply-adds as the full-width tiles, and a row's result does not depend on its batch.)
+  if ((it.row_end - it.row_begin) * (sh.heads / sh.kv_heads) <= 8)
+    attend<T, 8>(q, k, v, out, sh, it, scratch);
+  else
+    attend<T, 16>(q, k, v, out, sh, it, scratch);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const T* k, const T* v, T* out,
+                                                     const PagedAttentionShape& sh, const PagedAttentionItem& it,
+                                                     std::vector<float>& scratch) {
+  attend<T, 8>(q, k, v, out, sh, it, scratch);
+}
+#endif
+
+enum class Isa { kAvx512, kAvx2, kBaseline };
+
+Isa detect_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("fma")) return Isa::kBaseline;
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+template <typename T>
+void dispatch(const T* q, const T* k, const T* v, T* out, const PagedAttentionShape& sh,
+              const PagedAttentionItem& it, std::vector<float>& scratch) {
+  static const Isa isa = detect_isa();
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (isa == Isa::kAvx512) return attend_avx512(q, k, v, out, sh, it, scratch);
+  if (isa == Isa::kAvx2) return attend_avx2(q, k, v, out, sh, it, scratch);
+#endif
+  attend<T, 4>(q, k, v, out, sh, it, scratch);
+}
+
+}  // namespace
+
+void paged_attention_item(const float* q, const float* k_cache, const float* v_cache, float* out,
+                          const PagedAttentionShape& shape, const PagedAttentionItem& item,
+                          std::vector<float>& scratch) {
+  dispatch(q, k_cache, v_cache, out, shape, item, scratch);
+}
+void paged_attention_item(const c10::BFloat16* q, const c10::BFloat16* k_cache, const c10::BFloat16* v_cache,
+                          c10::BFloat16* out, const PagedAttentionShape& shape, const PagedAttentionItem& item,
+                          std::vector<float>& scratch) {
+  dispatch(q, k_cache, v_cache, out, shape, item, scratch);
+}
+
+}  // namespace llmctl::kernels::cpu

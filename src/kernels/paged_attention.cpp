@@ -1,0 +1,253 @@
+#include "llmctl/kernels/paged_attention.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "cpu/paged_attention_cpu.h"
+#include "llmctl/util/error.h"
+
+namespace llmctl::kernels {
+namespace {
+
+[[noreturn]] void fail(const std::string& fn, const std::string& what) { throw Error(fn + ": " + what); }
+
+std::string shape_str(const torch::Tensor& t) {
+  std::string s = "[";
+  for (std::int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+// Metadata as read on the host (a no-op for CPU tensors).
+torch::Tensor host_int32(const torch::Tensor& t) { return t.to(torch::kCPU).contiguous(); }
+
+// Every shape, dtype and device rule of paged_attention.h, and every index the kernel will
+// follow (query ranges, context lengths, block ids), so bad input fails here instead of
+// reading outside a tensor.
+void check_attention_args(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                          const torch::Tensor& query_start, const torch::Tensor& context_lens,
+                          const torch::Tensor& block_tables) {
+  const std::string fn = "paged_attention";
+  if (q.dim() != 3) fail(fn, "q must be [tokens, heads, head_dim], got " + shape_str(q));
+  if (k_cache.dim() != 4)
+    fail(fn, "k_cache must be [num_blocks, kv_heads, block_size, head_dim], got " + shape_str(k_cache));
+  if (!k_cache.sizes().equals(v_cache.sizes()))
+    fail(fn, "v_cache " + shape_str(v_cache) + " differs from k_cache " + shape_str(k_cache));
+  const auto heads = q.size(1), head_dim = q.size(2), kv_heads = k_cache.size(1);
+  if (k_cache.size(3) != head_dim)
+    fail(fn, "head_dim of q (" + std::to_string(head_dim) + ") and of the cache (" + std::to_string(k_cache.size(3)) +
+                 ") differ");
+  if (kv_heads < 1 || heads % kv_heads != 0)
+    fail(fn, std::to_string(heads) + " query heads are not a multiple of " + std::to_string(kv_heads) + " kv heads");
+  if (head_dim < 2 || head_dim % 2 != 0 || head_dim > 256)
+    fail(fn, "head_dim must be even and at most 256, got " + std::to_string(head_dim));
+  if (k_cache.size(2) < 1) fail(fn, "block_size must be positive");
+  const auto dt = q.scalar_type();
+  if (!at::isFloatingType(dt)) fail(fn, "q must be floating point, got " + std::string(c10::toString(dt)));
+  if (k_cache.scalar_type() != dt || v_cache.scalar_type() != dt)
+    fail(fn, "k_cache / v_cache must have q's dtype " + std::string(c10::toString(dt)));
+  if (k_cache.device() != q.device() || v_cache.device() != q.device())
+    fail(fn, "q, k_cache and v_cache must be on one device");
+  if (!k_cache.is_contiguous() || !v_cache.is_contiguous()) fail(fn, "k_cache and v_cache must be contiguous");
+  for (const auto* t : {&query_start, &context_lens, &block_tables})
+    if (t->scalar_type() != torch::kInt32) fail(fn, "query_start, context_lens and block_tables must be int32");
+  if (context_lens.dim() != 1) fail(fn, "context_lens must be [num_seqs], got " + shape_str(context_lens));
+  const auto S = context_lens.size(0);
+  if (query_start.dim() != 1 || query_start.size(0) != S + 1)
+    fail(fn, "query_start must be [num_seqs + 1] = [" + std::to_string(S + 1) + "], got " + shape_str(query_start));
+  if (block_tables.dim() != 2 || block_tables.size(0) != S)
+    fail(fn, "block_tables must be [num_seqs, max_blocks] with num_seqs = " + std::to_string(S) + ", got " +
+                 shape_str(block_tables));
+
+  const auto qs_t = host_int32(query_start), cl_t = host_int32(context_lens), bt_t = host_int32(block_tables);
+  const auto* qs = qs_t.data_ptr<std::int32_t>();
+  const auto* cl = cl_t.data_ptr<std::int32_t>();
+  const auto* bt = bt_t.data_ptr<std::int32_t>();
+  const auto num_blocks = k_cache.size(0), block_size = k_cache.size(2), max_blocks = block_tables.size(1);
+  if (qs[0] != 0 || qs[S] != q.size(0))
+    fail(fn, "query_start must run from 0 to the " + std::to_string(q.size(0)) + " rows of q");
+  for (std::int64_t s = 0; s < S; ++s) {
+    const auto n = static_cast<std::int64_t>(qs[s + 1]) - qs[s];
+    const std::string seq = "sequence " + std::to_string(s);
+    if (n < 0) fail(fn, "query_start must not decrease (" + seq + ")");
+    if (n > cl[s])
+      fail(fn, seq + " has " + std::to_string(n) + " query rows but a context of " + std::to_string(cl[s]));
+    const auto used = (static_cast<std::int64_t>(cl[s]) + block_size - 1) / block_size;
+    if (used > max_blocks)
+      fail(fn, seq + ": a context of " + std::to_string(cl[s]) + " needs " + std::to_string(used) +
+                   " blocks, block_tables has " + std::to_string(max_blocks));
+    for (std::int64_t b = 0; b < used; ++b)
+      if (bt[s * max_blocks + b] < 0 || bt[s * max_blocks + b] >= num_blocks)
+        fail(fn, seq + " refers to block " + std::to_string(bt[s * max_blocks + b]) + " of a cache of " +
+                     std::to_string(num_blocks));
+  }
+}
+
+// A work item covers at most about this many query rows (tokens x heads of a group): long
+// prefills split into several items so both threads share one sequence, while each item
+// still reuses every K/V tile it loads across many rows.
+constexpr std::int64_t kRowsPerItem = 128;
+
+template <typename T>
+void run_cpu(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+             const torch::Tensor& query_start, const torch::Tensor& context_lens, const torch::Tensor& block_tables,
+             double scale, torch::Tensor& out) {
+  const auto* qs = query_start.data_ptr<std::int32_t>();
+  const auto* cl = context_lens.data_ptr<std::int32_t>();
+  const auto* bt = block_tables.data_ptr<std::int32_t>();
+  const auto S = context_lens.size(0), max_blocks = block_tables.size(1);
+  const cpu::PagedAttentionShape shape{q.size(1), k_cache.size(1), q.size(2), k_cache.size(2),
+                                       static_cast<float>(scale)};
+  const auto group = shape.heads / shape.kv_heads;
+  const auto chunk = std::max<std::int64_t>(1, kRowsPerItem / group);
+
+  std::vector<cpu::PagedAttentionItem> items;
+  std::vector<double> cost;
+  for (std::int64_t s = 0; s < S; ++s) {
+    const std::int64_t n = qs[s + 1] - qs[s], first = cl[s] - n;
+    for (std::int64_t c = 0; c < n; c += chunk) {
+      const auto rows = std::min(chunk, n - c);
+      for (std::int64_t h = 0; h < shape.kv_heads; ++h) {
+        items.push_back({qs[s] + c, qs[s] + c + rows, first + c, h, bt + s * max_blocks});
+        cost.push_back(static_cast<double>(rows) * static_cast<double>(first + c + rows));  // rows x keys
+      }
+    }
+  }
+  // Costliest first, then each thread takes the next item when it finishes one: causal
+  // prefill chunks differ a lot in cost, so a static split would leave a thread idle.
+  std::vector<std::size_t> order(items.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
+  std::atomic<std::size_t> next{0};
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k_cache.data_ptr<T>();
+  const T* vp = v_cache.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const auto workers = std::min<std::int64_t>(at::get_num_threads(), static_cast<std::int64_t>(items.size()));
+  at::parallel_for(0, workers, 1, [&](std::int64_t, std::int64_t) {
+    std::vector<float> scratch;
+    for (std::size_t i; (i = next.fetch_add(1)) < order.size();)
+      cpu::paged_attention_item(qp, kp, vp, op, shape, items[order[i]], scratch);
+  });
+}
+
+// The reference on checked arguments: each sequence's K/V gathered densely (and repeated per
+// query head), causal softmax attention from torch ops, in fp32. Runs on any device.
+torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                                  const torch::Tensor& query_start, const torch::Tensor& context_lens,
+                                  const torch::Tensor& block_tables, double scale) {
+  const auto qs_t = host_int32(query_start), cl_t = host_int32(context_lens), bt_t = host_int32(block_tables);
+  const auto* qs = qs_t.data_ptr<std::int32_t>();
+  const auto* cl = cl_t.data_ptr<std::int32_t>();
+  const auto H = q.size(1), D = q.size(2), KVH = k_cache.size(1), bs = k_cache.size(2);
+  auto out = torch::empty_like(q, torch::MemoryFormat::Contiguous);
+  for (std::int64_t s = 0; s < context_lens.size(0); ++s) {
+    const std::int64_t n = qs[s + 1] - qs[s], ctx = cl[s];
+    if (n == 0) continue;
+    // The sequence's K/V in position order: [kv_heads, ctx, D], then repeated per query head.
+    const auto blocks = bt_t[s].narrow(0, 0, (ctx + bs - 1) / bs).to(torch::kInt64).to(k_cache.device());
+    auto dense = [&](const torch::Tensor& cache) {
+      return cache.index_select(0, blocks).permute({1, 0, 2, 3}).reshape({KVH, -1, D}).narrow(1, 0, ctx)
+          .to(torch::kFloat32).repeat_interleave(H / KVH, 0);
+    };
+    const auto k = dense(k_cache), v = dense(v_cache);
+    const auto qf = q.narrow(0, qs[s], n).to(torch::kFloat32).transpose(0, 1);  // [H, n, D]
+    auto scores = torch::matmul(qf, k.transpose(1, 2)) * scale;                 // [H, n, ctx]
+    // Query i sits at position ctx - n + i and sees keys 0 .. ctx - n + i.
+    const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+    const auto query_pos = torch::arange(ctx - n, ctx, opts).unsqueeze(1);
+    scores.masked_fill_(torch::arange(ctx, opts).unsqueeze(0) > query_pos, -INFINITY);
+    const auto o = torch::matmul(torch::softmax(scores, -1), v).transpose(0, 1);  // [n, H, D]
+    out.narrow(0, qs[s], n).copy_(o);
+  }
+  return out;
+}
+
+}  // namespace
+
+torch::Tensor paged_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                              const torch::Tensor& query_start, const torch::Tensor& context_lens,
+                              const torch::Tensor& block_tables, double scale) {
+  check_attention_args(q, k_cache, v_cache, query_start, context_lens, block_tables);
+  const auto dt = q.scalar_type();
+  if (!q.device().is_cpu() || (dt != torch::kFloat32 && dt != torch::kBFloat16))
+    return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
+  auto qc = q.contiguous();
+  auto out = torch::empty_like(qc);
+  if (qc.numel() == 0) return out;
+  const auto qs = host_int32(query_start), cl = host_int32(context_lens), bt = host_int32(block_tables);
+  if (dt == torch::kFloat32)
+    run_cpu<float>(qc, k_cache, v_cache, qs, cl, bt, scale, out);
+  else
+    run_cpu<c10::BFloat16>(qc, k_cache, v_cache, qs, cl, bt, scale, out);
+  return out;
+}
+
+torch::Tensor paged_attention_reference(const torch::Tensor& q, const torch::Tensor& k_cache,
+                                        const torch::Tensor& v_cache, const torch::Tensor& query_start,
+                                        const torch::Tensor& context_lens, const torch::Tensor& block_tables,
+                                        double scale) {
+  check_attention_args(q, k_cache, v_cache, query_start, context_lens, block_tables);
+  return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
+}
+
+void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& k_cache, torch::Tensor& v_cache,
+                    const torch::Tensor& slot_mapping) {
+  const std::string fn = "write_kv_cache";
+  if (k.dim() != 3) fail(fn, "k must be [tokens, kv_heads, head_dim], got " + shape_str(k));
+  if (!k.sizes().equals(v.sizes())) fail(fn, "v " + shape_str(v) + " differs from k " + shape_str(k));
+  if (k_cache.dim() != 4 || !k_cache.sizes().equals(v_cache.sizes()))
+    fail(fn, "k_cache and v_cache must both be [num_blocks, kv_heads, block_size, head_dim], got " +
+                 shape_str(k_cache) + " and " + shape_str(v_cache));
+  if (k.size(1) != k_cache.size(1) || k.size(2) != k_cache.size(3))
+    fail(fn, "k " + shape_str(k) + " does not fit a cache of " + shape_str(k_cache));
+  if (!at::isFloatingType(k.scalar_type()) || !at::isFloatingType(v.scalar_type()))
+    fail(fn, "k and v must be floating point");
+  if (k_cache.scalar_type() != v_cache.scalar_type()) fail(fn, "k_cache and v_cache must have one dtype");
+  if (k_cache.device() != v_cache.device() || k.device() != k_cache.device() || v.device() != k_cache.device())
+    fail(fn, "k, v and the caches must be on one device");
+  if (!k_cache.is_contiguous() || !v_cache.is_contiguous()) fail(fn, "k_cache and v_cache must be contiguous");
+  if (slot_mapping.scalar_type() != torch::kInt64 || slot_mapping.dim() != 1 || slot_mapping.size(0) != k.size(0))
+    fail(fn, "slot_mapping must be int64 [" + std::to_string(k.size(0)) + "], got " +
+                 std::string(c10::toString(slot_mapping.scalar_type())) + " " + shape_str(slot_mapping));
+  const auto N = k.size(0), KVH = k_cache.size(1), bs = k_cache.size(2), D = k_cache.size(3);
+  if (N == 0) return;
+  const auto slots = slot_mapping.to(torch::kCPU).contiguous();
+  const auto* sp = slots.data_ptr<std::int64_t>();
+  const auto capacity = k_cache.size(0) * bs;
+  for (std::int64_t i = 0; i < N; ++i)
+    if (sp[i] < 0 || sp[i] >= capacity)
+      fail(fn, "slot " + std::to_string(sp[i]) + " is outside the cache's " + std::to_string(capacity) + " slots");
+
+  const auto kc = k.to(k_cache.scalar_type()).contiguous(), vc = v.to(v_cache.scalar_type()).contiguous();
+  if (!k_cache.device().is_cpu()) {
+    // cache[block, :, row] is [N, kv_heads, head_dim], the shape of k.
+    const auto dev_slots = slot_mapping.to(k_cache.device());
+    const auto block = dev_slots.div(bs, "floor"), row = dev_slots.remainder(bs);
+    using torch::indexing::Slice;
+    k_cache.index_put_({block, Slice(), row}, kc);
+    v_cache.index_put_({block, Slice(), row}, vc);
+    return;
+  }
+  // On the CPU a row copy per (token, kv head): a decode step writes a handful of rows,
+  // where index_put_'s setup would cost more than the copy.
+  const auto row_bytes = static_cast<std::size_t>(D) * k_cache.element_size();
+  auto* kdst = static_cast<char*>(k_cache.data_ptr());
+  auto* vdst = static_cast<char*>(v_cache.data_ptr());
+  const auto* ksrc = static_cast<const char*>(kc.data_ptr());
+  const auto* vsrc = static_cast<const char*>(vc.data_ptr());
+  for (std::int64_t i = 0; i < N; ++i)
+    for (std::int64_t h = 0; h < KVH; ++h) {
+      const auto dst = static_cast<std::size_t>(((sp[i] / bs) * KVH + h) * bs + sp[i] % bs) * row_bytes;
+      const auto src = static_cast<std::size_t>(i * KVH + h) * row_bytes;
+      std::memcpy(kdst + dst, ksrc + src, row_bytes);
+      std::memcpy(vdst + dst, vsrc + src, row_bytes);
+    }
+}
+
+}  // namespace llmctl::kernels
