@@ -1,5 +1,7 @@
 #include "gemv_cpu.h"
 
+#include <immintrin.h>
+
 #include "simd.h"
 
 namespace llmctl::kernels::cpu {
@@ -59,15 +61,73 @@ inline __attribute__((always_inline)) void gemv_body(const float* x, std::int64_
     }
 }
 
-}  // namespace
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX-512: 16 weights per load, converted from bf16 by widening and shifting; each weight
+// row is prefetched a few cache lines ahead so four streams per core keep the memory
+// system busy (the hardware prefetcher alone reached ~60% of the bandwidth here).
+#define LLMCTL_AVX512 __attribute__((target("avx512f,fma")))
+LLMCTL_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+LLMCTL_AVX512 inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
-LLMCTL_SIMD_CLONES void gemv_rows(const float* x, std::int64_t m, std::int64_t k, const float* w,
-                                  std::int64_t n_begin, std::int64_t n_end, float* y, std::int64_t ldy) {
+template <typename W>
+LLMCTL_AVX512 void gemv_avx512(const float* x, std::int64_t m, std::int64_t k, const W* w, std::int64_t n_begin,
+                               std::int64_t n_end, float* y, std::int64_t ldy) {
+  constexpr int kAhead = 4096 / sizeof(W);  // elements prefetched ahead per row (4 KiB: best measured)
+  const std::int64_t k16 = k / 16 * 16;
+  std::int64_t n = n_begin;
+  for (; n + 4 <= n_end; n += 4) {
+    const W* r[4] = {w + n * k, w + (n + 1) * k, w + (n + 2) * k, w + (n + 3) * k};
+    for (std::int64_t row = 0; row < m; ++row) {
+      const float* xr = x + row * k;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (std::int64_t i = 0; i < k16; i += 16) {
+        if (row == 0)
+          for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(r[j] + i + kAhead), _MM_HINT_T0);
+        const __m512 xv = _mm512_loadu_ps(xr + i);
+        a0 = _mm512_fmadd_ps(xv, load16(r[0] + i), a0);
+        a1 = _mm512_fmadd_ps(xv, load16(r[1] + i), a1);
+        a2 = _mm512_fmadd_ps(xv, load16(r[2] + i), a2);
+        a3 = _mm512_fmadd_ps(xv, load16(r[3] + i), a3);
+      }
+      float s[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
+                    _mm512_reduce_add_ps(a3)};
+      for (std::int64_t i = k16; i < k; ++i)
+        for (int j = 0; j < 4; ++j) s[j] += xr[i] * load(r[j], i);
+      for (int j = 0; j < 4; ++j) y[row * ldy + n + j] = s[j];
+    }
+  }
+  if (n < n_end) gemv_body(x, m, k, w, n, n_end, y, ldy);
+}
+#endif
+
+template <typename W>
+LLMCTL_SIMD_CLONES void gemv_portable(const float* x, std::int64_t m, std::int64_t k, const W* w,
+                                      std::int64_t n_begin, std::int64_t n_end, float* y, std::int64_t ldy) {
   gemv_body(x, m, k, w, n_begin, n_end, y, ldy);
 }
-LLMCTL_SIMD_CLONES void gemv_rows(const float* x, std::int64_t m, std::int64_t k, const c10::BFloat16* w,
-                                  std::int64_t n_begin, std::int64_t n_end, float* y, std::int64_t ldy) {
-  gemv_body(x, m, k, w, n_begin, n_end, y, ldy);
+
+template <typename W>
+void gemv_dispatch(const float* x, std::int64_t m, std::int64_t k, const W* w, std::int64_t n_begin,
+                   std::int64_t n_end, float* y, std::int64_t ldy) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  if (avx512) return gemv_avx512(x, m, k, w, n_begin, n_end, y, ldy);
+#endif
+  gemv_portable(x, m, k, w, n_begin, n_end, y, ldy);
+}
+
+}  // namespace
+
+void gemv_rows(const float* x, std::int64_t m, std::int64_t k, const float* w, std::int64_t n_begin,
+               std::int64_t n_end, float* y, std::int64_t ldy) {
+  gemv_dispatch(x, m, k, w, n_begin, n_end, y, ldy);
+}
+void gemv_rows(const float* x, std::int64_t m, std::int64_t k, const c10::BFloat16* w, std::int64_t n_begin,
+               std::int64_t n_end, float* y, std::int64_t ldy) {
+  gemv_dispatch(x, m, k, w, n_begin, n_end, y, ldy);
 }
 
 }  // namespace llmctl::kernels::cpu
