@@ -36,25 +36,25 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
   auto conv = [&](const torch::Tensor& t) { return t.defined() ? t.detach().to(dtype).contiguous() : t; };
   embed_ = conv(model->model->embed_tokens->weight);
   final_norm_ = conv(model->model->norm->weight);
-  lm_head_ = model->lm_head ? conv(model->lm_head->weight) : embed_;
+  lm_head_ = kernels::PackedLinear(model->lm_head ? conv(model->lm_head->weight) : embed_, {});
   const auto opts = embed_.options();
   for (const auto& l : *model->model->layers) {
     const auto& m = *l;
     Layer L;
     L.input_norm = conv(param(m, "input_layernorm.weight"));
     L.post_norm = conv(param(m, "post_attention_layernorm.weight"));
-    L.w_qkv = conv(torch::cat({param(m, "self_attn.q_proj.weight"), param(m, "self_attn.k_proj.weight"),
-                               param(m, "self_attn.v_proj.weight")}, 0));
-    L.b_qkv = conv(cat_or_undef({param(m, "self_attn.q_proj.bias"), param(m, "self_attn.k_proj.bias"),
-                                 param(m, "self_attn.v_proj.bias")}));
+    L.qkv = kernels::PackedLinear(
+        conv(torch::cat({param(m, "self_attn.q_proj.weight"), param(m, "self_attn.k_proj.weight"),
+                         param(m, "self_attn.v_proj.weight")}, 0)),
+        conv(cat_or_undef({param(m, "self_attn.q_proj.bias"), param(m, "self_attn.k_proj.bias"),
+                           param(m, "self_attn.v_proj.bias")})));
     L.q_norm = conv(param(m, "self_attn.q_norm.weight"));
     L.k_norm = conv(param(m, "self_attn.k_norm.weight"));
-    L.w_o = conv(param(m, "self_attn.o_proj.weight"));
-    L.b_o = conv(param(m, "self_attn.o_proj.bias"));
-    L.w_gate_up = conv(torch::cat({param(m, "mlp.gate_proj.weight"), param(m, "mlp.up_proj.weight")}, 0));
-    L.b_gate_up = conv(cat_or_undef({param(m, "mlp.gate_proj.bias"), param(m, "mlp.up_proj.bias")}));
-    L.w_down = conv(param(m, "mlp.down_proj.weight"));
-    L.b_down = conv(param(m, "mlp.down_proj.bias"));
+    L.o = kernels::PackedLinear(conv(param(m, "self_attn.o_proj.weight")), conv(param(m, "self_attn.o_proj.bias")));
+    L.gate_up = kernels::PackedLinear(
+        conv(torch::cat({param(m, "mlp.gate_proj.weight"), param(m, "mlp.up_proj.weight")}, 0)),
+        conv(cat_or_undef({param(m, "mlp.gate_proj.bias"), param(m, "mlp.up_proj.bias")})));
+    L.down = kernels::PackedLinear(conv(param(m, "mlp.down_proj.weight")), conv(param(m, "mlp.down_proj.bias")));
     const std::vector<std::int64_t> cache_shape{num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim};
     L.k_cache = torch::zeros(cache_shape, opts);
     L.v_cache = torch::zeros(cache_shape, opts);
@@ -69,10 +69,8 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
   const auto t_prepare = std::chrono::steady_clock::now();
   const auto S = static_cast<std::int64_t>(batch.size());
   std::int64_t N = 0, max_blocks = 1;
-  bool decode = true;  // only decode steps: the GEMV path (see kernels/linear.h)
   for (const auto& s : batch) {
     N += s.num_new;
-    decode = decode && s.num_new == 1 && s.seq->num_computed_tokens >= s.seq->num_prompt_tokens;
     max_blocks = std::max<std::int64_t>(max_blocks, static_cast<std::int64_t>(s.seq->block_table.size()));
   }
   // Host-side batch description: token ids, positions, cache slots, per-sequence ranges.
@@ -119,7 +117,7 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
 
   auto h = embed_.index_select(0, ids);  // [N, hidden]
   for (auto& L : layers_) {
-    auto qkv = kernels::linear(kernels::rms_norm(h, L.input_norm, eps), L.w_qkv, L.b_qkv, decode);
+    auto qkv = L.qkv(kernels::rms_norm(h, L.input_norm, eps));
     auto q = qkv.narrow(1, 0, H * D).view({1, N, H, D});
     auto k = qkv.narrow(1, H * D, KVH * D).view({1, N, KVH, D});
     auto v = qkv.narrow(1, (H + KVH) * D, KVH * D).reshape({N, KVH, D});
@@ -131,15 +129,15 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     k = kernels::rope(k, cos, sin).view({N, KVH, D});
     kernels::write_kv_cache(k, v, L.k_cache, L.v_cache, slots);
     auto attn = kernels::paged_attention(q, L.k_cache, L.v_cache, query_start, context_lens, block_tables, scale);
-    h = h + kernels::linear(attn.view({N, H * D}), L.w_o, L.b_o, decode);
+    h = h + L.o(attn.view({N, H * D}));
     auto mlp_in = kernels::rms_norm(h, L.post_norm, eps);
-    auto act = kernels::swiglu_packed(kernels::linear(mlp_in, L.w_gate_up, L.b_gate_up, decode));
-    h = h + kernels::linear(act, L.w_down, L.b_down, decode);
+    auto act = kernels::swiglu_packed(L.gate_up(mlp_in));
+    h = h + L.down(act);
   }
   if (logit_rows.empty()) return torch::empty({0, cfg_.vocab_size}, torch::kFloat32);
   auto rows = torch::tensor(logit_rows, i64).to(dev);
   auto last = kernels::rms_norm(h.index_select(0, rows), final_norm_, eps);
-  return kernels::linear(last, lm_head_, {}, decode).to(torch::kCPU, torch::kFloat32).contiguous();
+  return lm_head_(last).to(torch::kCPU, torch::kFloat32).contiguous();
 }
 
 }  // namespace llmctl

@@ -2,51 +2,52 @@
 
 #include <ATen/Parallel.h>
 
-#include "cpu/gemv_cpu.h"
+#include "cpu/gemm_cpu.h"
 
 namespace llmctl::kernels {
 
-namespace {
-
-bool gemv_applies(const torch::Tensor& x, const torch::Tensor& w) {
-  const auto t = w.scalar_type();
-  return x.device().is_cpu() && w.device().is_cpu() && (t == torch::kFloat32 || t == torch::kBFloat16) &&
-         x.scalar_type() == t && w.dim() == 2 && w.is_contiguous() && x.size(-1) == w.size(1) && x.numel() > 0 &&
-         x.numel() / x.size(-1) <= kGemvMaxRows;
+PackedLinear::PackedLinear(const torch::Tensor& w, const torch::Tensor& b) : n_(w.size(0)), k_(w.size(1)) {
+  TORCH_CHECK(w.dim() == 2, "PackedLinear: weight must be [out, in]");
+  auto wc = w.detach().contiguous();
+  bias_ = b.defined() ? b.detach().to(torch::kFloat32).contiguous() : b;
+  const auto t = wc.scalar_type();
+  const bool packable = wc.device().is_cpu() && (t == torch::kFloat32 || t == torch::kBFloat16);
+  if (!packable || t == torch::kBFloat16) dense_ = wc;
+  if (!packable) return;
+  const auto panels = (n_ + cpu::kPanel - 1) / cpu::kPanel;
+  packed_ = torch::empty({panels, k_, cpu::kPanel}, wc.options());
+  if (t == torch::kFloat32)
+    cpu::pack_weight(wc.data_ptr<float>(), n_, k_, packed_.data_ptr<float>());
+  else
+    cpu::pack_weight(wc.data_ptr<c10::BFloat16>(), n_, k_, packed_.data_ptr<c10::BFloat16>());
 }
 
-torch::Tensor gemm_padded(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  auto x2 = x.reshape({-1, x.size(-1)});
-  const auto rows = x2.size(0), pad = (4 - rows % 4) % 4;
-  if (pad) x2 = torch::cat({x2, x2.new_zeros({pad, x2.size(1)})});
-  auto y = b.defined() ? at::linear(x2, w, b) : at::linear(x2, w);
-  if (pad) y = y.narrow(0, 0, rows);
-  auto sizes = x.sizes().vec();
-  sizes.back() = w.size(0);
-  return y.view(sizes);
+bool PackedLinear::uses_packed(std::int64_t rows) const {
+  return packed_.defined() && (!dense_.defined() || rows <= kPackedMaxRows);
 }
 
-}  // namespace
-
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool decode) {
-  if (!decode || !gemv_applies(x, w)) return gemm_padded(x, w, b);
-  const auto K = w.size(1), N = w.size(0), M = x.numel() / K;
-  auto xf = x.reshape({M, K}).to(torch::kFloat32).contiguous();
-  auto y = torch::empty({M, N}, xf.options());
+torch::Tensor PackedLinear::operator()(const torch::Tensor& x) const {
+  TORCH_CHECK(x.size(-1) == k_, "PackedLinear: input has ", x.size(-1), " features, weight expects ", k_);
+  const auto rows = x.numel() / k_;
+  if (!uses_packed(rows)) {
+    auto b = bias_.defined() ? bias_.to(dense_.scalar_type()) : bias_;
+    return b.defined() ? at::linear(x, dense_, b) : at::linear(x, dense_);
+  }
+  auto xf = x.reshape({rows, k_}).to(torch::kFloat32).contiguous();
+  auto y = torch::empty({rows, n_}, xf.options());
   const float* xp = xf.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Split the output rows over the threads in multiples of 4 (the kernel's row block).
-  const std::int64_t blocks = (N + 3) / 4;
-  at::parallel_for(0, blocks, 16, [&](std::int64_t lo, std::int64_t hi) {
-    const auto n0 = lo * 4, n1 = std::min(N, hi * 4);
-    if (w.scalar_type() == torch::kFloat32)
-      cpu::gemv_rows(xp, M, K, w.data_ptr<float>(), n0, n1, yp, N);
+  const auto panels = packed_.size(0);
+  // Threads split the panels (output columns): each weight is read by one thread only.
+  at::parallel_for(0, panels, 1, [&](std::int64_t p0, std::int64_t p1) {
+    if (packed_.scalar_type() == torch::kFloat32)
+      cpu::gemm_packed(xp, rows, k_, packed_.data_ptr<float>(), n_, p0, p1, yp, n_);
     else
-      cpu::gemv_rows(xp, M, K, w.data_ptr<c10::BFloat16>(), n0, n1, yp, N);
+      cpu::gemm_packed(xp, rows, k_, packed_.data_ptr<c10::BFloat16>(), n_, p0, p1, yp, n_);
   });
-  if (b.defined()) y.add_(b.to(torch::kFloat32));
+  if (bias_.defined()) y.add_(bias_);
   auto sizes = x.sizes().vec();
-  sizes.back() = N;
+  sizes.back() = n_;
   return y.to(x.scalar_type()).view(sizes);
 }
 

@@ -174,20 +174,32 @@ TEST(RMSNormCuda, MatchesCpuPath) {
   }
 }
 
-TEST(Linear, GemvPathMatchesAtLinear) {
+TEST(PackedLinear, MatchesAtLinear) {
   torch::manual_seed(4);
   for (auto dt : {torch::kFloat32, torch::kBFloat16})
-    for (std::int64_t m : {1, 3, 4, 9})       // 9 rows: the GEMM path
-      for (std::int64_t n : {1, 7, 64, 130})  // row counts around the kernel's 4-row blocks
+    for (std::int64_t m : {1, 3, 8, 13, 70})   // micro-kernel row tails; 70: bf16 takes oneDNN
+      for (std::int64_t n : {1, 7, 32, 45, 130})  // panel tails (32 columns per panel)
         for (std::int64_t k : {5, 16, 100}) {
           auto x = torch::randn({m, k}).to(dt), w = torch::randn({n, k}).to(dt), b = torch::randn({n}).to(dt);
           auto ref = at::linear(x.to(torch::kFloat64), w.to(torch::kFloat64), b.to(torch::kFloat64));
-          auto y = kernels::linear(x, w, b, /*decode=*/true);
+          auto y = kernels::PackedLinear(w, b)(x);
           ASSERT_EQ(y.scalar_type(), dt);
           ASSERT_EQ(y.sizes(), ref.sizes());
           const double tol = dt == torch::kFloat32 ? 1e-4 : 0.1;  // bf16: the output rounding
           EXPECT_TRUE(torch::allclose(y.to(torch::kFloat64), ref, tol, tol)) << m << "x" << n << "x" << k;
-          EXPECT_TRUE(torch::allclose(kernels::linear(x.unsqueeze(0), w, {}, m % 2 == 1).squeeze(0).to(torch::kFloat64),
+          auto y3 = kernels::PackedLinear(w, {})(x.unsqueeze(0));  // leading dims kept, no bias
+          ASSERT_EQ(y3.dim(), 3);
+          EXPECT_TRUE(torch::allclose(y3.squeeze(0).to(torch::kFloat64),
                                       at::linear(x.to(torch::kFloat64), w.to(torch::kFloat64)), tol, tol));
         }
+}
+
+TEST(PackedLinear, RowsDoNotDependOnTheirBatch) {
+  // What makes prefix-cache hits and decode steps bit-identical to a cold prefill.
+  torch::manual_seed(5);
+  auto w = torch::randn({100, 64}), x = torch::randn({29, 64});
+  kernels::PackedLinear lin(w, torch::randn({100}));
+  auto all = lin(x);
+  for (std::int64_t start : {0, 1, 5, 20, 28}) EXPECT_TRUE(torch::equal(lin(x.narrow(0, start, 29 - start)), all.narrow(0, start, 29 - start)));
+  EXPECT_TRUE(torch::equal(lin(x.narrow(0, 7, 1)), all.narrow(0, 7, 1)));
 }

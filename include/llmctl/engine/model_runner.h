@@ -2,13 +2,14 @@
 // Runs the model over one scheduled batch: the new tokens of every sequence flattened into
 // one [N, hidden] activation, K/V written into the paged cache, attention over each
 // sequence's blocks, and logits only for the sequences that sample this step. It owns the
-// KV cache pool and an inference copy of the weights with q/k/v fused into one projection
-// (one GEMM instead of three on the decode path).
+// KV cache pool and an inference copy of the weights, packed for the CPU GEMM, with q/k/v
+// and gate/up fused into one projection each (one weight stream instead of three / two).
 #include <torch/torch.h>
 
 #include <vector>
 
 #include "llmctl/engine/scheduler.h"
+#include "llmctl/kernels/linear.h"
 #include "llmctl/model/config.h"
 #include "llmctl/model/transformer.h"
 
@@ -34,8 +35,8 @@ class ModelRunner {
 
  private:
   struct Layer {
-    torch::Tensor input_norm, w_qkv, b_qkv, q_norm, k_norm, w_o, b_o;
-    torch::Tensor post_norm, w_gate_up, b_gate_up, w_down, b_down;
+    torch::Tensor input_norm, q_norm, k_norm, post_norm;
+    kernels::PackedLinear qkv, o, gate_up, down;
     torch::Tensor k_cache, v_cache;  // [num_blocks, kv_heads, block_size, head_dim]
   };
   ModelConfig cfg_;
@@ -43,7 +44,8 @@ class ModelRunner {
   int block_size_;
   double last_prepare_s_ = 0;
   std::vector<Layer> layers_;
-  torch::Tensor embed_, final_norm_, lm_head_;
+  torch::Tensor embed_, final_norm_;
+  kernels::PackedLinear lm_head_;
   torch::Tensor rope_cos_, rope_sin_;  // [max_model_len, head_dim], fp32
 };
 

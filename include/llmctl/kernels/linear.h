@@ -1,21 +1,33 @@
 #pragma once
-// y = x w^T + b for inference, two paths:
-//  - decode steps (`decode`, a few rows) on the CPU are memory-bound: a hand-written GEMV
-//    streams the weights once at close to memory bandwidth, where the BLAS path reaches
-//    about half of it at one row;
-//  - everything else goes to at::linear (MKL / oneDNN GEMM) with the rows padded to a
-//    multiple of 4. LibTorch's CPU GEMM computes a row the same way whatever other rows
-//    come with it once the row count is a multiple of its 4-row tile (below 12 rows other
-//    counts take a different path), so a prompt's logits after a prefix-cache hit are
-//    bit-identical to a cold run's (tests/unit/test_engine.cpp checks it).
+// y = x W^T + b for inference on weights packed once at load time (kernels/cpu/gemm_cpu.h):
+//  - fp32 on the CPU: the hand-written packed GEMM for every batch size. A decode step
+//    streams each weight once (the BLAS path reaches about half the memory bandwidth at one
+//    row and repacks the whole matrix on every call), and a row's result never depends on
+//    the rows batched with it, so prefix-cache hits and decode steps reproduce a cold
+//    prefill bit for bit;
+//  - bf16 on the CPU: the packed GEMM up to kPackedMaxRows rows (decode batches), oneDNN's
+//    bf16 GEMM above (prefill, where it is faster); the unpacked weight is kept for that;
+//  - other devices: at::linear.
 #include <torch/torch.h>
 
 namespace llmctl::kernels {
 
-// x: [..., K]; w: [N, K]; b: [N] or undefined. fp32 or bf16.
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}, bool decode = false);
+inline constexpr std::int64_t kPackedMaxRows = 16;
 
-// Rows up to which the GEMV path is used.
-inline constexpr std::int64_t kGemvMaxRows = 4;
+class PackedLinear {
+ public:
+  PackedLinear() = default;
+  // w: [N, K]; b: [N] or undefined. Takes w's dtype and device.
+  PackedLinear(const torch::Tensor& w, const torch::Tensor& b);
+  // x: [..., K] in the weight's dtype -> [..., N].
+  torch::Tensor operator()(const torch::Tensor& x) const;
+  std::int64_t out_features() const { return n_; }
+  std::int64_t in_features() const { return k_; }
+
+ private:
+  bool uses_packed(std::int64_t rows) const;
+  torch::Tensor packed_, dense_, bias_;
+  std::int64_t n_ = 0, k_ = 0;
+};
 
 }  // namespace llmctl::kernels

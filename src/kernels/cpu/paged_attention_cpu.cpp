@@ -173,6 +173,17 @@ inline __attribute__((always_inline)) void attend(const T* q, const T* k_cache, 
         vt = v_cache + off;
       }
     }
+    // The next tile sits in another block, somewhere else in the pool: ask for its K and V
+    // now (decode reads the whole cache once per step, so it is memory-bound).
+    if (t0 + kKeys < keys) {
+      const std::int64_t p = t0 + kKeys;
+      const std::int64_t off = ((it.block_table[p / bs] * sh.kv_heads + it.kv_head) * bs + p % bs) * D;
+      const auto span = static_cast<std::int64_t>(std::min<std::int64_t>(kKeys, keys - p) * D * sizeof(T));
+      for (std::int64_t b = 0; b < span; b += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(k_cache + off) + b);
+        __builtin_prefetch(reinterpret_cast<const char*>(v_cache + off) + b);
+      }
+    }
     if (!in_place) {
       for (int j = 0; j < n; ++j) {
         const std::int64_t p = t0 + j;
@@ -222,7 +233,10 @@ __attribute__((target("avx512f,fma"))) void attend_avx512(const T* q, const T* k
   // Up to 8 query rows (a decode step of a group of up to 8 heads): half-width tiles waste
   // fewer lanes, and AVX-512 does not run them slower. (fma: so that they contract the same
   // multiply-adds as the full-width tiles, and a row's result does not depend on its batch.)
-  if ((it.row_end - it.row_begin) * (sh.heads / sh.kv_heads) <= 8)
+  const auto rows = (it.row_end - it.row_begin) * (sh.heads / sh.kv_heads);
+  if (rows <= 4)  // a decode step of a group of up to 4 heads (GQA's usual 4:1)
+    attend<T, 4>(q, k, v, out, sh, it, scratch);
+  else if (rows <= 8)
     attend<T, 8>(q, k, v, out, sh, it, scratch);
   else
     attend<T, 16>(q, k, v, out, sh, it, scratch);

@@ -1,0 +1,137 @@
+#include "gemm_cpu.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "simd.h"
+
+namespace llmctl::kernels::cpu {
+namespace {
+
+template <typename W>
+void pack(const W* w, std::int64_t n, std::int64_t k, W* packed) {
+  const std::int64_t panels = (n + kPanel - 1) / kPanel;
+  for (std::int64_t p = 0; p < panels; ++p)
+    for (std::int64_t kk = 0; kk < k; ++kk)
+      for (std::int64_t c = 0; c < kPanel; ++c) {
+        const std::int64_t row = p * kPanel + c;
+        packed[(p * k + kk) * kPanel + c] = row < n ? w[row * k + kk] : W(0.0f);
+      }
+}
+
+// Portable micro-kernel: rows x kPanel outputs, one multiply-add chain per output over k in
+// order (as the AVX-512 one, there fused), written so the compiler vectorises over columns.
+template <typename W>
+inline __attribute__((always_inline)) void micro_portable(const float* x, std::int64_t rows, std::int64_t k,
+                                                          const W* panel, float* y, std::int64_t ldy,
+                                                          std::int64_t cols) {
+  float acc[kMaxRows][kPanel] = {};
+  for (std::int64_t kk = 0; kk < k; ++kk) {
+    float wv[kPanel];
+    for (std::int64_t c = 0; c < kPanel; ++c) wv[c] = load(panel, kk * kPanel + c);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float xv = x[r * k + kk];
+      for (std::int64_t c = 0; c < kPanel; ++c) acc[r][c] += xv * wv[c];
+    }
+  }
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) y[r * ldy + c] = acc[r][c];
+}
+
+template <typename W>
+LLMCTL_SIMD_CLONES void gemm_portable(const float* x, std::int64_t m, std::int64_t k, const W* packed,
+                                      std::int64_t n, std::int64_t p_begin, std::int64_t p_end, float* y,
+                                      std::int64_t ldy) {
+  for (std::int64_t p = p_begin; p < p_end; ++p)
+    for (std::int64_t r0 = 0; r0 < m; r0 += kMaxRows)
+      micro_portable(x + r0 * k, std::min(kMaxRows, m - r0), k, packed + p * k * kPanel, y + r0 * ldy + p * kPanel,
+                     ldy, std::min(kPanel, n - p * kPanel));
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LLMCTL_AVX512 __attribute__((target("avx512f,fma")))
+
+LLMCTL_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+LLMCTL_AVX512 inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// ROWS x 32 outputs in 2 * ROWS zmm accumulators.
+template <int ROWS, typename W>
+LLMCTL_AVX512 void micro_avx512(const float* x, std::int64_t k, const W* panel, float* y, std::int64_t ldy,
+                                std::int64_t cols, bool prefetch) {
+  __m512 acc[ROWS][2];
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  constexpr std::int64_t kAhead = 4096 / sizeof(W);  // panel elements prefetched ahead (streaming decode)
+  for (std::int64_t kk = 0; kk < k; ++kk) {
+    const W* wp = panel + kk * kPanel;
+    if (prefetch && (kk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wp + kAhead), _MM_HINT_T0);
+    const __m512 w0 = load16(wp), w1 = load16(wp + 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * k + kk]);
+      acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+  for (int r = 0; r < ROWS; ++r) {
+    _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
+    _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
+  }
+}
+
+template <typename W>
+LLMCTL_AVX512 void gemm_avx512(const float* x, std::int64_t m, std::int64_t k, const W* packed, std::int64_t n,
+                               std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
+  for (std::int64_t p = p_begin; p < p_end; ++p) {
+    const W* panel = packed + p * k * kPanel;
+    const std::int64_t cols = std::min(kPanel, n - p * kPanel);
+    float* yp = y + p * kPanel;
+    std::int64_t r0 = 0;
+    for (; r0 + kMaxRows <= m; r0 += kMaxRows)
+      micro_avx512<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, r0 == 0);
+    const bool first = r0 == 0;  // the panel's first pass streams it from memory
+    switch (m - r0) {
+      case 1: micro_avx512<1>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      case 2: micro_avx512<2>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      case 3: micro_avx512<3>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      case 4: micro_avx512<4>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      case 5: micro_avx512<5>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      case 6: micro_avx512<6>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      case 7: micro_avx512<7>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
+      default: break;
+    }
+  }
+}
+#endif
+
+template <typename W>
+void gemm_dispatch(const float* x, std::int64_t m, std::int64_t k, const W* packed, std::int64_t n,
+                   std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  if (avx512) return gemm_avx512(x, m, k, packed, n, p_begin, p_end, y, ldy);
+#endif
+  gemm_portable(x, m, k, packed, n, p_begin, p_end, y, ldy);
+}
+
+}  // namespace
+
+void pack_weight(const float* w, std::int64_t n, std::int64_t k, float* packed) { pack(w, n, k, packed); }
+void pack_weight(const c10::BFloat16* w, std::int64_t n, std::int64_t k, c10::BFloat16* packed) {
+  pack(w, n, k, packed);
+}
+
+void gemm_packed(const float* x, std::int64_t m, std::int64_t k, const float* packed, std::int64_t n,
+                 std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
+  gemm_dispatch(x, m, k, packed, n, p_begin, p_end, y, ldy);
+}
+void gemm_packed(const float* x, std::int64_t m, std::int64_t k, const c10::BFloat16* packed, std::int64_t n,
+                 std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
+  gemm_dispatch(x, m, k, packed, n, p_begin, p_end, y, ldy);
+}
+
+}  // namespace llmctl::kernels::cpu
