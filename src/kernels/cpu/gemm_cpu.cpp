@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "simd.h"
 
@@ -83,6 +84,13 @@ LLMCTL_AVX512 void micro_avx512(const float* x, std::int64_t k, const W* panel, 
   }
 }
 
+// The last m % kMaxRows rows: micro_avx512<rows> picked from a compile-time list.
+template <typename W, int... R>
+LLMCTL_AVX512 void dispatch_tail(std::integer_sequence<int, R...>, std::int64_t rows, const float* x, std::int64_t k,
+                                 const W* panel, float* y, std::int64_t ldy, std::int64_t cols, bool prefetch) {
+  ((rows == R && R > 0 ? (micro_avx512<(R > 0 ? R : 1)>(x, k, panel, y, ldy, cols, prefetch), 0) : 0), ...);
+}
+
 template <typename W>
 LLMCTL_AVX512 void gemm_avx512(const float* x, std::int64_t m, std::int64_t k, const W* packed, std::int64_t n,
                                std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
@@ -94,16 +102,8 @@ LLMCTL_AVX512 void gemm_avx512(const float* x, std::int64_t m, std::int64_t k, c
     for (; r0 + kMaxRows <= m; r0 += kMaxRows)
       micro_avx512<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, r0 == 0);
     const bool first = r0 == 0;  // the panel's first pass streams it from memory
-    switch (m - r0) {
-      case 1: micro_avx512<1>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      case 2: micro_avx512<2>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      case 3: micro_avx512<3>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      case 4: micro_avx512<4>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      case 5: micro_avx512<5>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      case 6: micro_avx512<6>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      case 7: micro_avx512<7>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, first); break;
-      default: break;
-    }
+    dispatch_tail(std::make_integer_sequence<int, kMaxRows>{}, m - r0, x + r0 * k, k, panel, yp + r0 * ldy, ldy,
+                  cols, first);
   }
 }
 #endif

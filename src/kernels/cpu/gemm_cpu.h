@@ -16,7 +16,7 @@
 namespace llmctl::kernels::cpu {
 
 inline constexpr std::int64_t kPanel = 32;
-inline constexpr std::int64_t kMaxRows = 8;
+inline constexpr std::int64_t kMaxRows = 12;  // 24 zmm accumulators
 
 // w: [n, k] row-major -> packed: [ceil(n / kPanel), k, kPanel].
 void pack_weight(const float* w, std::int64_t n, std::int64_t k, float* packed);
