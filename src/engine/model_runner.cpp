@@ -56,8 +56,13 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
         conv(cat_or_undef({param(m, "mlp.gate_proj.bias"), param(m, "mlp.up_proj.bias")})));
     L.down = kernels::PackedLinear(conv(param(m, "mlp.down_proj.weight")), conv(param(m, "mlp.down_proj.bias")));
     const std::vector<std::int64_t> cache_shape{num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim};
-    L.k_cache = torch::zeros(cache_shape, opts);
-    L.v_cache = torch::zeros(cache_shape, opts);
+    if (opts.device().is_cpu()) {
+      L.k_cache = kernels::empty_huge_pages(cache_shape, dtype).zero_();
+      L.v_cache = kernels::empty_huge_pages(cache_shape, dtype).zero_();
+    } else {
+      L.k_cache = torch::zeros(cache_shape, opts);
+      L.v_cache = torch::zeros(cache_shape, opts);
+    }
     layers_.push_back(std::move(L));
   }
   auto positions = torch::arange(max_model_len, torch::TensorOptions().dtype(torch::kInt64).device(opts.device()));

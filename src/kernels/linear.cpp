@@ -1,10 +1,26 @@
 #include "llmctl/kernels/linear.h"
 
 #include <ATen/Parallel.h>
+#include <sys/mman.h>
+
+#include <cstdlib>
 
 #include "cpu/gemm_cpu.h"
 
 namespace llmctl::kernels {
+
+torch::Tensor empty_huge_pages(at::IntArrayRef sizes, torch::ScalarType dtype) {
+  constexpr std::size_t kHuge = 2u << 20;
+  std::size_t bytes = c10::elementSize(dtype);
+  for (auto s : sizes) bytes *= static_cast<std::size_t>(s);
+  void* p = nullptr;
+  if (bytes < kHuge / 2 || posix_memalign(&p, kHuge, (bytes + kHuge - 1) / kHuge * kHuge) != 0)
+    return torch::empty(sizes, torch::TensorOptions().dtype(dtype));
+#ifdef MADV_HUGEPAGE
+  madvise(p, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  return torch::from_blob(p, sizes, [](void* q) { std::free(q); }, torch::TensorOptions().dtype(dtype));
+}
 
 PackedLinear::PackedLinear(const torch::Tensor& w, const torch::Tensor& b) : n_(w.size(0)), k_(w.size(1)) {
   TORCH_CHECK(w.dim() == 2, "PackedLinear: weight must be [out, in]");
@@ -15,7 +31,7 @@ PackedLinear::PackedLinear(const torch::Tensor& w, const torch::Tensor& b) : n_(
   if (!packable || t == torch::kBFloat16) dense_ = wc;
   if (!packable) return;
   const auto panels = (n_ + cpu::kPanel - 1) / cpu::kPanel;
-  packed_ = torch::empty({panels, k_, cpu::kPanel}, wc.options());
+  packed_ = empty_huge_pages({panels, k_, cpu::kPanel}, t);
   if (t == torch::kFloat32)
     cpu::pack_weight(wc.data_ptr<float>(), n_, k_, packed_.data_ptr<float>());
   else

@@ -14,6 +14,12 @@ namespace llmctl::kernels {
 
 inline constexpr std::int64_t kPackedMaxRows = 16;
 
+// An uninitialised CPU tensor whose memory the kernel is asked to back with 2 MiB pages
+// (madvise; Linux's default THP mode only honours requests). Decode streams all weights and
+// the whole KV cache every step: with 4 KiB pages the TLB misses cost up to a third of the
+// memory bandwidth. Small tensors get ordinary memory.
+torch::Tensor empty_huge_pages(at::IntArrayRef sizes, torch::ScalarType dtype);
+
 class PackedLinear {
  public:
   PackedLinear() = default;
