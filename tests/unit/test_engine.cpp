@@ -229,10 +229,11 @@ TEST(Engine, PromptPrefixHitIsBitIdenticalToAColdRun) {
   EXPECT_EQ(e.warm_logits, e.cold_logits);  // bit for bit, every step
 }
 
-TEST(Engine, NextTurnReusesTheAnswerBlocksBitIdentically) {
+TEST(Engine, NextTurnReusesTheAnswerBlocks) {
   // Turn one's answer was computed one token per decode step; the cold run computes the
-  // same positions in one prefill. The packed GEMM and the attention kernel compute a row
-  // the same way in any batch, so even these logits agree bit for bit.
+  // same positions in one prefill. The packed GEMM computes a row the same way in any
+  // batch, but decode attention has its own kernel (other summation order): equal to
+  // rounding.
   WarmAndCold e;
   auto turn1 = iota_tokens(18, 1);
   auto first = e.warm.generate({turn1}, greedy_params(6))[0];
@@ -244,7 +245,10 @@ TEST(Engine, NextTurnReusesTheAnswerBlocksBitIdentically) {
   EXPECT_EQ(second.num_cached_prompt_tokens, 20);  // 5 full blocks of 4 out of 29 tokens
   auto ref = e.cold.generate({turn2}, greedy_params(5))[0];
   EXPECT_EQ(second.output_token_ids, ref.output_token_ids);
-  EXPECT_EQ(e.warm_logits, e.cold_logits);
+  ASSERT_EQ(e.warm_logits.size(), e.cold_logits.size());
+  for (std::size_t i = 0; i < e.warm_logits.size(); ++i)
+    for (std::size_t j = 0; j < e.warm_logits[i].size(); ++j)
+      ASSERT_NEAR(e.warm_logits[i][j], e.cold_logits[i][j], 1e-4) << "step " << i << " token " << j;
 }
 
 TEST(Engine, ThousandRandomRequestsWithCancellationsLeakNoBlocks) {

@@ -1,5 +1,7 @@
 #include "paged_attention_cpu.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -249,6 +251,81 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const T* k, con
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// A decode step (one query token): the row-tile layout above wastes most of each vector on a
+// group of 4 heads and broadcasts every key element. Here the vectors run along head_dim
+// instead: one pass computes each head's score against every key (a dot product of whole
+// vectors, then one horizontal sum), a softmax per head over the scores, and one pass adds
+// p * v with each V row loaded once for the whole group. The whole K and V of the sequence
+// are read once per step, so the next block is prefetched while the current one is used.
+// (Its sums run in another order than the prefill tiles: a decode row matches the same
+// row computed in a prefill to rounding, not bit for bit.)
+inline __attribute__((target("avx512f"))) __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __attribute__((target("avx512f"))) __m512 load16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <typename T>
+__attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const T* k_cache, const T* v_cache, T* out,
+                                                          const PagedAttentionShape& sh,
+                                                          const PagedAttentionItem& it, std::vector<float>& scratch) {
+  const std::int64_t D = sh.head_dim, H = sh.heads, G = sh.heads / sh.kv_heads, bs = sh.block_size;
+  const std::int64_t keys = it.first_pos + 1, nv = D / 16;
+  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * keys);
+  if (scratch.size() < need) scratch.resize(need);
+  float* qf = scratch.data();  // [G][D], pre-scaled
+  float* o = qf + G * D;       // [G][D]
+  float* s = o + G * D;        // [G][keys]
+  const T* qrow = q + (it.row_begin * H + it.kv_head * G) * D;
+  for (std::int64_t i = 0; i < G * D; ++i) qf[i] = load(qrow, i) * sh.scale;
+  auto row = [&](const T* cache, std::int64_t j) {
+    return cache + ((static_cast<std::int64_t>(it.block_table[j / bs]) * sh.kv_heads + it.kv_head) * bs + j % bs) * D;
+  };
+  auto prefetch_block = [&](const T* cache, std::int64_t j) {  // rows j .. end of j's block
+    if (j >= keys) return;
+    const char* p = reinterpret_cast<const char*>(row(cache, j));
+    const auto bytes = static_cast<std::int64_t>((std::min(keys, (j / bs + 1) * bs) - j) * D * sizeof(T));
+    for (std::int64_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+  };
+
+  prefetch_block(k_cache, 0);
+  for (std::int64_t j = 0; j < keys; ++j) {
+    if (j % bs == 0) prefetch_block(k_cache, j + bs - j % bs);
+    const T* kr = row(k_cache, j);
+    for (std::int64_t h = 0; h < G; ++h) {
+      __m512 acc = _mm512_setzero_ps();
+      for (std::int64_t c = 0; c < nv; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qf + h * D + c * 16), load16(kr + c * 16), acc);
+      s[h * keys + j] = _mm512_reduce_add_ps(acc);
+    }
+  }
+  float inv[256];
+  for (std::int64_t h = 0; h < G; ++h) {
+    float* sh_ = s + h * keys;
+    float mx = -INFINITY, sum = 0;
+    for (std::int64_t j = 0; j < keys; ++j) mx = std::max(mx, sh_[j]);
+    for (std::int64_t j = 0; j < keys; ++j) sum += (sh_[j] = exp_approx(sh_[j] - mx));
+    inv[h] = 1.0f / sum;
+  }
+  std::fill(o, o + G * D, 0.0f);
+  prefetch_block(v_cache, 0);
+  for (std::int64_t j = 0; j < keys; ++j) {
+    if (j % bs == 0) prefetch_block(v_cache, j + bs - j % bs);
+    const T* vr = row(v_cache, j);
+    for (std::int64_t c = 0; c < nv; ++c) {
+      const __m512 v = load16(vr + c * 16);
+      for (std::int64_t h = 0; h < G; ++h) {
+        float* oh = o + h * D + c * 16;
+        _mm512_storeu_ps(oh, _mm512_fmadd_ps(_mm512_set1_ps(s[h * keys + j]), v, _mm512_loadu_ps(oh)));
+      }
+    }
+  }
+  T* orow = out + (it.row_begin * H + it.kv_head * G) * D;
+  for (std::int64_t h = 0; h < G; ++h)
+    for (std::int64_t d = 0; d < D; ++d) store(orow, h * D + d, o[h * D + d] * inv[h]);
+}
+#endif
+
 enum class Isa { kAvx512, kAvx2, kBaseline };
 
 Isa detect_isa() {
@@ -266,7 +343,11 @@ void dispatch(const T* q, const T* k, const T* v, T* out, const PagedAttentionSh
               const PagedAttentionItem& it, std::vector<float>& scratch) {
   static const Isa isa = detect_isa();
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (isa == Isa::kAvx512) return attend_avx512(q, k, v, out, sh, it, scratch);
+  if (isa == Isa::kAvx512) {
+    if (it.row_end - it.row_begin == 1 && sh.head_dim % 16 == 0 && sh.heads / sh.kv_heads <= 256)
+      return decode_avx512(q, k, v, out, sh, it, scratch);
+    return attend_avx512(q, k, v, out, sh, it, scratch);
+  }
   if (isa == Isa::kAvx2) return attend_avx2(q, k, v, out, sh, it, scratch);
 #endif
   attend<T, 4>(q, k, v, out, sh, it, scratch);
