@@ -53,11 +53,6 @@ LLMCTL_SIMD_CLONES void gemm_portable(const float* x, std::int64_t m, std::int64
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LLMCTL_AVX512 __attribute__((target("avx512f,fma")))
 
-LLMCTL_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-LLMCTL_AVX512 inline __m512 load16(const c10::BFloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 
 // ROWS x 32 outputs in 2 * ROWS zmm accumulators.
 template <int ROWS, typename W>

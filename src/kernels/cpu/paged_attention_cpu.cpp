@@ -260,11 +260,6 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const T* k, con
 // are read once per step, so the next block is prefetched while the current one is used.
 // (Its sums run in another order than the prefill tiles: a decode row matches the same
 // row computed in a prefill to rounding, not bit for bit.)
-inline __attribute__((target("avx512f"))) __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __attribute__((target("avx512f"))) __m512 load16(const c10::BFloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 
 template <typename T>
 __attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const T* k_cache, const T* v_cache, T* out,
@@ -296,7 +291,7 @@ __attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const T* k
     for (std::int64_t h = 0; h < G; ++h) {
       __m512 acc = _mm512_setzero_ps();
       for (std::int64_t c = 0; c < nv; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qf + h * D + c * 16), load16(kr + c * 16), acc);
-      s[h * keys + j] = _mm512_reduce_add_ps(acc);
+      s[h * keys + j] = hsum16(acc);
     }
   }
   float inv[256];

@@ -10,6 +10,10 @@
 
 #include <c10/util/BFloat16.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <cstring>
 
@@ -70,5 +74,26 @@ inline double dot_lanes(const float* a, const float* b, long n) {
   for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
   return s;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// 16 consecutive values as one AVX-512 vector of fp32 (bf16 widened by a shift), for the
+// kernels' AVX-512 paths (functions compiled with target("avx512f...")). The maskz forms
+// avoid GCC 12's false "may be used uninitialized" in the unmasked intrinsics.
+inline __attribute__((target("avx512f"), always_inline)) __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __attribute__((target("avx512f"), always_inline)) __m512 load16(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16));
+}
+// Sum of the 16 lanes (halving tree).
+inline __attribute__((target("avx512f"), always_inline)) float hsum16(__m512 v) {
+  const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 0));
+  const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 1));
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+  return _mm_cvtss_f32(s4);
+}
+#endif
 
 }  // namespace llmctl::kernels::cpu
