@@ -10,6 +10,7 @@
 #include "llmctl/io/model_dir.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
+#include "llmctl/util/memory.h"
 
 namespace llmctl {
 
@@ -25,6 +26,7 @@ double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::d
 }  // namespace
 
 Engine::Engine(const std::string& model_dir, const EngineConfig& cfg) : cfg_(cfg) {
+  keep_freed_memory_for_reuse();
   if (cfg_.block_size < 1 || cfg_.block_size > 1024) throw Error("--block-size must be in [1, 1024]");
   if (cfg_.max_num_seqs < 1) throw Error("--max-num-seqs must be at least 1");
   if (cfg_.max_num_batched_tokens < 1) throw Error("--max-num-batched-tokens must be at least 1");

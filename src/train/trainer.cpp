@@ -11,12 +11,12 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 #if defined(__GLIBC__)
-#include <malloc.h>
 #endif
 
 #include "llmctl/io/model_dir.h"
 #include "llmctl/kernels/cross_entropy.h"
 #include "llmctl/train/distributed.h"
+#include "llmctl/util/memory.h"
 #include "llmctl/train/schedule.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
@@ -200,17 +200,6 @@ void all_reduce_tensors(Communicator& comm, const std::vector<torch::Tensor>& te
       v.copy_(flat.narrow(0, off, t.numel()).view(t.sizes()));
       off += t.numel();
     }
-}
-
-// Every step allocates and frees the same large activation buffers. glibc would hand
-// blocks above its mmap threshold back to the kernel on free and fault them in zeroed on
-// the next step (5% of a CPU step); keeping them in the heap reuses them instead.
-void keep_freed_memory_for_reuse() {
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);       // glibc's maximum
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  mallopt(M_TOP_PAD, 256 << 20);
-#endif
 }
 
 }  // namespace
