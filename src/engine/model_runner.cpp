@@ -57,8 +57,10 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
     L.down = kernels::PackedLinear(conv(param(m, "mlp.down_proj.weight")), conv(param(m, "mlp.down_proj.bias")));
     const std::vector<std::int64_t> cache_shape{num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim};
     if (opts.device().is_cpu()) {
-      L.k_cache = kernels::empty_huge_pages(cache_shape, dtype).zero_();
-      L.v_cache = kernels::empty_huge_pages(cache_shape, dtype).zero_();
+      // Not zeroed: attention only reads positions that were written (tested with NaN
+      // filling the rest), and untouched pages then cost neither startup time nor memory.
+      L.k_cache = kernels::empty_huge_pages(cache_shape, dtype);
+      L.v_cache = kernels::empty_huge_pages(cache_shape, dtype);
     } else {
       L.k_cache = torch::zeros(cache_shape, opts);
       L.v_cache = torch::zeros(cache_shape, opts);
