@@ -170,6 +170,7 @@ void add_chat(CLI::App& app) {
   o->engine.add_to(sub);
   sub->callback([o] {
     const auto params = o->sampling.get();
+    install_sigint_handler();  // from the start: Ctrl-C while loading must not kill the REPL
     Engine engine(o->model, o->engine.get());
     ChatSession chat(engine, params, o->raw, !o->json);
     if (!o->prompt_ids.empty()) {
@@ -182,7 +183,6 @@ void add_chat(CLI::App& app) {
     }
     if (!engine.has_tokenizer()) throw Error("--model " + o->model + " has no tokenizer.model (use --prompt-ids)");
     if (!o->system.empty()) chat.set_system(o->system);
-    install_sigint_handler();
 
     if (!o->prompt.empty()) {
       auto t = chat.ask(o->prompt);

@@ -26,6 +26,7 @@ void SamplingFlags::add_to(CLI::App* sub) {
   g->add_option("--seed", seed, "Sampling seed: the same seed gives the same text (-1: random)")
       ->capture_default_str();
   g->add_option("--stop", params.stop, "Stop string (repeatable); it is not part of the output");
+  g->add_flag("--ignore-eos", params.ignore_eos, "Keep generating past end-of-sequence tokens (until --max-new-tokens)");
 }
 
 SamplingParams SamplingFlags::get() const {

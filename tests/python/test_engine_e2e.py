@@ -3,6 +3,7 @@ greedy generate (an independent oracle), multi-turn chat reusing the prefix cach
 stopping an answer without ending the session, `llmctl bench`, and the error paths."""
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -75,14 +76,19 @@ def test_prompt_once_streams_text(llmctl, nano_chat):
 
 def test_ctrl_c_stops_the_answer_not_the_session(llmctl_bin, nano_chat):
     cmd = [llmctl_bin, "chat", "--model", nano_chat, "--json", "--max-new-tokens", 100000,
-           "--max-model-len", 100000, "--temperature", 1.0, "--threads", 1]
+           "--max-model-len", 100000, "--temperature", 1.0, "--seed", 3, "--ignore-eos", "--threads", 1]
     p = subprocess.Popen([str(c) for c in cmd],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         p.stdin.write("tell me a long story\n")
         p.stdin.flush()
-        time.sleep(1.5)
-        p.send_signal(signal.SIGINT)
+        # Interrupt until the cancelled answer comes back (a first signal may land while the
+        # model is still loading, before there is an answer to stop).
+        for _ in range(30):
+            time.sleep(1.0)
+            p.send_signal(signal.SIGINT)
+            if select.select([p.stdout], [], [], 1.0)[0]:
+                break
         first = json.loads(p.stdout.readline())
         assert first["finish_reason"] == "cancelled"
         assert len(first["output_token_ids"]) > 0
