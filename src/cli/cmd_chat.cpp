@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "common.h"
+#include "llmctl/tokenizer/chat_format.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
 
@@ -37,8 +38,9 @@ struct Turn {
 
 class ChatSession {
  public:
-  ChatSession(Engine& engine, SamplingParams params, bool raw, bool stream)
-      : engine_(engine), tok_(engine.tokenizer_ptr()), params_(std::move(params)), raw_(raw), stream_(stream) {}
+  ChatSession(Engine& engine, ChatFormat format, SamplingParams params, bool raw, bool stream)
+      : engine_(engine), tok_(engine.tokenizer_ptr()), format_(format), params_(std::move(params)), raw_(raw),
+        stream_(stream) {}
 
   void set_system(const std::string& s) {
     system_ = s;
@@ -57,35 +59,36 @@ class ChatSession {
   }
 
  private:
-  // ChatML for the new turn appended to the conversation's tokens.
+  // The new turn in the model's chat format, appended to the conversation's tokens.
   std::vector<int> next_prompt(const std::string& user) {
     std::vector<int> ids = history_;
-    std::string text;
-    if (ids.empty() && !system_.empty()) text = Tokenizer::render_chatml({{"system", system_}}, false);
-    text += Tokenizer::render_chatml({{"user", user}}, true);
-    const auto more = tok_->encode(text);
+    std::vector<Message> turn;
+    if (ids.empty() && !system_.empty()) turn.push_back({"system", system_});
+    turn.push_back({"user", user});
+    const auto more = tok_->encode(render_chat(turn, format_, true));
     ids.insert(ids.end(), more.begin(), more.end());
     return ids;
   }
 
-  // The history keeps the answer's own tokens (what the model saw), closed with
-  // <|im_end|>\n as ChatML renders it, so the next turn's prompt extends this one token for
-  // token and hits the prefix cache. Only an answer cut by a stop string is re-tokenised
-  // from the text shown, since its tokens carry the stop string.
+  // The history keeps the answer's own tokens (what the model saw), closed with the
+  // format's end of turn (ChatML: <|im_end|>\n), so the next turn's prompt extends this one
+  // token for token and hits the prefix cache. Only an answer cut by a stop string is
+  // re-tokenised from the text shown, since its tokens carry the stop string.
   void remember(const std::vector<int>& prompt, const RequestOutput& out) {
+    const auto& fmt = chat_format_info(format_);
     history_ = prompt;
-    const int im_end = tok_->piece_to_id(kImEnd);
+    const int end = tok_->piece_to_id(fmt.end_token);
     auto ids = out.output_token_ids;
-    const bool ended_by_model = !ids.empty() && ids.back() == im_end;
+    const bool ended_by_model = !ids.empty() && ids.back() == end;
     if (out.finish_reason == "stop" && !ended_by_model) {
-      const auto closing = tok_->encode(out.text + kImEnd + "\n");
+      const auto closing = tok_->encode(out.text + fmt.end_token + fmt.after_end);
       history_.insert(history_.end(), closing.begin(), closing.end());
       return;
     }
-    if (!ended_by_model) ids.push_back(im_end);
+    if (!ended_by_model) ids.push_back(end);
     history_.insert(history_.end(), ids.begin(), ids.end());
-    const auto nl = tok_->encode("\n");
-    history_.insert(history_.end(), nl.begin(), nl.end());
+    const auto after = tok_->encode(fmt.after_end);
+    history_.insert(history_.end(), after.begin(), after.end());
   }
 
   Turn run(const std::vector<int>& prompt) {
@@ -121,6 +124,7 @@ class ChatSession {
 
   Engine& engine_;
   const Tokenizer* tok_;  // null for tokenizer-less model dirs (--prompt-ids only)
+  ChatFormat format_;
   SamplingParams params_;
   bool raw_, stream_;
   std::string system_;
@@ -172,7 +176,7 @@ void add_chat(CLI::App& app) {
     const auto params = o->sampling.get();
     install_sigint_handler();  // from the start: Ctrl-C while loading must not kill the REPL
     Engine engine(o->model, o->engine.get());
-    ChatSession chat(engine, params, o->raw, !o->json);
+    ChatSession chat(engine, detect_chat_format(o->model), params, o->raw, !o->json);
     if (!o->prompt_ids.empty()) {
       auto t = chat.complete(parse_id_list(o->prompt_ids, "--prompt-ids"));
       if (o->json)

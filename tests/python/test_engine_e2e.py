@@ -130,3 +130,23 @@ def test_bad_flags_are_clean_errors(llmctl, nano_chat, args, needle):
 def test_model_without_tokenizer_needs_prompt_ids(llmctl, hf_models):
     rc, _, err = llmctl("chat", "--model", hf_models["llama_gqa_tied"], "--prompt", "hi")
     assert_clean_error(rc, err, "--prompt-ids")
+
+
+def test_model_chat_template_picks_the_format(llmctl_json, nano_chat, tmp_path):
+    """A model dir whose tokenizer_config.json has a Llama 2 / Mistral [INST] template is
+    prompted in that format; llmctl's own dirs use ChatML."""
+    import shutil
+    llama_dir = tmp_path / "inst"
+    shutil.copytree(nano_chat, llama_dir)
+    cfg_path = llama_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["chat_template"] = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    args = ["--prompt", "hi", "--temperature", 0, "--max-new-tokens", 2]
+    inst = llmctl_json("chat", "--model", llama_dir, *args)
+    want = llmctl_json("tokenize", "--tokenizer", llama_dir, "--text", "<s>[INST] hi [/INST]")["ids"]
+    assert inst["prompt_token_ids"] == want
+    chatml = llmctl_json("chat", "--model", nano_chat, *args)
+    want = llmctl_json("tokenize", "--tokenizer", nano_chat,
+                       "--text", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["ids"]
+    assert chatml["prompt_token_ids"] == want

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "llmctl/tokenizer/chat_format.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/tokenizer/trainer.h"
 #include "llmctl/util/error.h"
@@ -93,4 +94,39 @@ TEST(TokenizerTrainer, UnigramWorksAndMissingTokenizerIsAnError) {
   std::string s = "Unigram 单字 round trip 42";
   EXPECT_EQ(t.decode(t.encode(s)), s);
   EXPECT_ERROR_MENTIONS(Tokenizer::load(dir.path + "/none"), "none");
+}
+
+TEST(ChatFormat, DetectedFromTheModelsChatTemplate) {
+  TempDir dir;
+  auto write = [&](const std::string& body) { llmctl::write_file_atomic(dir.path + "/tokenizer_config.json", body); };
+  EXPECT_EQ(llmctl::detect_chat_format(dir.path), llmctl::ChatFormat::ChatML);  // no file: llmctl's own
+  write(R"({"chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}..."})");
+  EXPECT_EQ(llmctl::detect_chat_format(dir.path), llmctl::ChatFormat::ChatML);
+  write(R"({"chat_template": "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]..."})");
+  EXPECT_EQ(llmctl::detect_chat_format(dir.path), llmctl::ChatFormat::Llama2);
+  write(R"({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "[INST]"}]})");
+  EXPECT_EQ(llmctl::detect_chat_format(dir.path), llmctl::ChatFormat::Llama2);
+  write("{not json");
+  EXPECT_EQ(llmctl::detect_chat_format(dir.path), llmctl::ChatFormat::ChatML);
+}
+
+TEST(ChatFormat, RendersEachFamilyTurnByTurn) {
+  using llmctl::ChatFormat;
+  using llmctl::render_chat;
+  const std::vector<llmctl::Message> conv = {
+      {"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello."}, {"user", "2+2?"}};
+  EXPECT_EQ(render_chat(conv, ChatFormat::Llama2, true),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] 2+2? [/INST]");
+  EXPECT_EQ(render_chat(conv, ChatFormat::ChatML, true),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+            "Hello.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n");
+  // Turn by turn: rendering the pieces and joining them (with the answer's end of turn)
+  // gives the whole conversation, which is what lets chat grow its history as tokens.
+  for (auto f : {ChatFormat::ChatML, ChatFormat::Llama2}) {
+    const auto& info = llmctl::chat_format_info(f);
+    std::string pieces = render_chat({conv[0], conv[1]}, f, true) + (f == ChatFormat::Llama2 ? " " : "") + "Hello." +
+                         (f == ChatFormat::Llama2 ? " " : "") + info.end_token + info.after_end +
+                         render_chat({conv[3]}, f, true);
+    EXPECT_EQ(pieces, render_chat(conv, f, true)) << info.name;
+  }
 }
