@@ -27,6 +27,24 @@ void print_scores(const TokenScores& s, bool json) {
                 s.logprobs[i], s.argmax[i]);
 }
 
+void print_exact_match(const ExactMatchResult& r, int show, bool json) {
+  if (json) {
+    nlohmann::json items = nlohmann::json::array();
+    for (const auto& it : r.results)
+      items.push_back({{"prompt", it.prompt}, {"expected", it.expected}, {"answer", it.answer}, {"correct", it.correct}});
+    print_json({{"exact_match", r.score()}, {"correct", r.correct}, {"items", r.items},
+                {"malformed_lines", r.malformed}, {"seconds", r.seconds}, {"results", items}});
+    return;
+  }
+  for (int i = 0; i < show && i < static_cast<int>(r.results.size()); ++i) {
+    const auto& it = r.results[i];
+    std::printf("  %s Q: %s\n    A: %s%s\n", it.correct ? "ok " : "BAD", it.prompt.c_str(), it.answer.c_str(),
+                it.correct ? "" : (" (expected " + it.expected + ")").c_str());
+  }
+  std::printf("exact match %lld/%lld = %.1f%%\n", static_cast<long long>(r.correct), static_cast<long long>(r.items),
+              100 * r.score());
+}
+
 }  // namespace
 
 void add_eval(CLI::App& app) {
@@ -68,6 +86,15 @@ void add_eval(CLI::App& app) {
   sub->callback([o, data, text, ids, exact] {
     if (!*data && !*text && !*ids && !*exact) throw Error("eval: give --data, --text, --ids or --exact-match");
     o->rt.apply();
+    if (*exact) {
+      EngineConfig ec;
+      ec.device = o->rt.device;
+      ec.dtype = o->rt.dtype;
+      Engine engine(o->model, ec);
+      auto r = exact_match(engine, o->exact, o->max_items, o->max_new_tokens, !o->json);
+      print_exact_match(r, o->show, o->json);
+      return;
+    }
     auto model = load_model(o->model, torch::Device(o->rt.device), parse_dtype(o->rt.dtype));
     if (*ids) {
       auto v = parse_id_list(o->ids, "--ids");
@@ -79,25 +106,6 @@ void add_eval(CLI::App& app) {
       return;
     }
     auto tok = Tokenizer::load(o->model);
-    if (*exact) {
-      auto r = exact_match(model, tok, o->exact, o->max_items, o->max_new_tokens, !o->json);
-      if (o->json) {
-        nlohmann::json items = nlohmann::json::array();
-        for (const auto& it : r.results)
-          items.push_back({{"prompt", it.prompt}, {"expected", it.expected}, {"answer", it.answer}, {"correct", it.correct}});
-        print_json({{"exact_match", r.score()}, {"correct", r.correct}, {"items", r.items},
-                    {"malformed_lines", r.malformed}, {"seconds", r.seconds}, {"results", items}});
-        return;
-      }
-      for (int i = 0; i < o->show && i < static_cast<int>(r.results.size()); ++i) {
-        const auto& it = r.results[i];
-        std::printf("  %s Q: %s\n    A: %s%s\n", it.correct ? "ok " : "BAD", it.prompt.c_str(), it.answer.c_str(),
-                    it.correct ? "" : (" (expected " + it.expected + ")").c_str());
-      }
-      std::printf("exact match %lld/%lld = %.1f%%\n", static_cast<long long>(r.correct),
-                  static_cast<long long>(r.items), 100 * r.score());
-      return;
-    }
     if (*data) {
       o->ppl.progress = true;
       auto r = perplexity(model, tok, o->data, o->ppl);

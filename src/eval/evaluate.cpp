@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <map>
 
 #include "llmctl/data/dataset.h"
 #include "llmctl/data/jsonl.h"
@@ -124,24 +125,6 @@ TokenScores score_text(CausalLM& model, const Tokenizer& tok, const std::string&
   return all;
 }
 
-std::vector<int> greedy_generate(CausalLM& model, const std::vector<int>& prompt, int max_new,
-                                 const std::vector<int>& stop_ids) {
-  torch::NoGradGuard no_grad;
-  const auto dev = model->parameters().front().device();
-  const auto ctx = model->config().max_position_embeddings;
-  std::vector<std::int64_t> seq(prompt.begin(), prompt.end());
-  std::vector<int> out;
-  for (int i = 0; i < max_new && static_cast<std::int64_t>(seq.size()) < ctx; ++i) {
-    auto input = torch::tensor(seq, torch::kInt64).unsqueeze(0).to(dev);
-    auto hidden = model->hidden_states(input);
-    const int next = static_cast<int>(model->logits(hidden.select(1, hidden.size(1) - 1)).argmax(-1).item<std::int64_t>());
-    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
-    out.push_back(next);
-    seq.push_back(next);
-  }
-  return out;
-}
-
 namespace {
 std::string trim(const std::string& s) {
   const auto b = s.find_first_not_of(" \t\r\n");
@@ -150,16 +133,38 @@ std::string trim(const std::string& s) {
 }
 }  // namespace
 
-ExactMatchResult exact_match(CausalLM& model, const Tokenizer& tok, const std::vector<std::string>& files,
-                             std::int64_t max_items, int max_new_tokens, bool progress) {
-  model->eval();
+ExactMatchResult exact_match(Engine& engine, const std::vector<std::string>& files, std::int64_t max_items,
+                             int max_new_tokens, bool progress) {
+  if (!engine.has_tokenizer()) throw Error("--exact-match needs a tokenizer in the model directory");
+  const Tokenizer& tok = engine.tokenizer();
   ExactMatchResult r;
   const auto t0 = std::chrono::steady_clock::now();
   Progress bar("exact-match", static_cast<std::uint64_t>(max_items), "items", progress);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = max_new_tokens;
+  std::map<std::int64_t, std::size_t> pending;  // request id -> its item in r.results
+  std::map<std::int64_t, std::string> answers;
+  auto step = [&] {
+    for (auto& o : engine.step()) {
+      answers[o.id] += o.text;
+      if (!o.finished) continue;
+      auto& item = r.results[pending.at(o.id)];
+      item.answer = answers[o.id];
+      item.correct = trim(item.answer) == trim(item.expected);
+      r.correct += item.correct;
+      ++r.items;
+      pending.erase(o.id);
+      answers.erase(o.id);
+      bar.set(static_cast<std::uint64_t>(r.items), cat(r.correct, " correct"));
+    }
+  };
+  // Keep about two batches of questions queued, so memory stays bounded on any file size.
+  const int window = 2 * engine.config().max_num_seqs;
   ConversationStream convs(files);
   std::vector<Message> conv;
-  std::int64_t skipped = 0;
-  while ((max_items == 0 || r.items < max_items) && convs.next(conv)) {
+  std::int64_t skipped = 0, submitted = 0;
+  while ((max_items == 0 || submitted < max_items) && convs.next(conv)) {
     if (conv.size() < 2 || conv.back().role != "assistant") {
       log::warn(cat(convs.where(), ": needs a question and, last, the assistant's answer; skipped"));
       ++skipped;
@@ -169,14 +174,12 @@ ExactMatchResult exact_match(CausalLM& model, const Tokenizer& tok, const std::v
     item.expected = conv.back().content;
     conv.pop_back();
     item.prompt = conv.back().content;
-    auto ids = greedy_generate(model, render_generation_prompt(tok, conv), max_new_tokens, {tok.eos_id()});
-    item.answer = tok.decode(ids, /*skip_special=*/true);
-    item.correct = trim(item.answer) == trim(item.expected);
-    r.correct += item.correct;
-    ++r.items;
+    pending[engine.add_request(render_generation_prompt(tok, conv), greedy)] = r.results.size();
     r.results.push_back(std::move(item));
-    bar.set(static_cast<std::uint64_t>(r.items), cat(r.correct, " correct"));
+    ++submitted;
+    while (engine.num_unfinished() >= window) step();
   }
+  while (engine.has_unfinished()) step();
   r.malformed = skipped + static_cast<std::int64_t>(convs.malformed());
   bar.finish();
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "llmctl/engine/engine.h"
 #include "llmctl/model/transformer.h"
 #include "llmctl/tokenizer/tokenizer.h"
 
@@ -50,13 +51,6 @@ TokenScores score_text(CausalLM& model, const Tokenizer& tok, const std::string&
 // Scores a token sequence with one forward pass.
 TokenScores score_ids(CausalLM& model, const std::vector<int>& ids);
 
-// Greedy continuation of `prompt` until a token in `stop_ids` (not included) or
-// `max_new` tokens. Recomputes the whole sequence each step: meant for short answers in
-// evaluations and tests, where it is the plain reference the inference engine is checked
-// against.
-std::vector<int> greedy_generate(CausalLM& model, const std::vector<int>& prompt, int max_new,
-                                 const std::vector<int>& stop_ids);
-
 struct ExactMatchItem {
   std::string prompt, expected, answer;
   bool correct = false;
@@ -70,9 +64,11 @@ struct ExactMatchResult {
 };
 
 // For each {"conversations": [...]} record whose last message is the assistant's: the
-// model answers the conversation before it (ChatML, greedy) and the answer must equal the
-// reference, leading and trailing whitespace aside. `max_items` 0: all records.
-ExactMatchResult exact_match(CausalLM& model, const Tokenizer& tok, const std::vector<std::string>& files,
-                             std::int64_t max_items, int max_new_tokens, bool progress);
+// model answers the conversation before it (ChatML, greedy, up to EOS or max_new_tokens)
+// and the answer must equal the reference, leading and trailing whitespace aside.
+// `max_items` 0: all records. The questions run batched through the inference engine
+// (which needs a tokenizer in its model directory); results keep the file order.
+ExactMatchResult exact_match(Engine& engine, const std::vector<std::string>& files, std::int64_t max_items,
+                             int max_new_tokens, bool progress);
 
 }  // namespace llmctl
