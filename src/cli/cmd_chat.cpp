@@ -205,7 +205,7 @@ void add_chat(CLI::App& app) {
       if (tty) std::fprintf(stderr, "> ");
       g_interrupted = false;
       if (!std::getline(std::cin, line)) {
-        if (g_interrupted && !std::cin.eof()) {  // Ctrl-C at the prompt: a fresh line
+        if (g_interrupted) {  // Ctrl-C at the prompt (the interrupted read looks like EOF): a fresh line
           std::cin.clear();
           std::fprintf(stderr, "\n");
           continue;
