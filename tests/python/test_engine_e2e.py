@@ -92,6 +92,18 @@ def test_ctrl_c_stops_the_answer_not_the_session(llmctl_bin, nano_chat):
         first = json.loads(p.stdout.readline())
         assert first["finish_reason"] == "cancelled"
         assert len(first["output_token_ids"]) > 0
+        # Ctrl-C while waiting at the prompt: the session goes on.
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        p.stdin.write("/system short answers\nhi\n")
+        p.stdin.flush()
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)  # and stop that answer too
+        assert select.select([p.stdout], [], [], 30)[0], "no answer after Ctrl-C at the prompt"
+        second = json.loads(p.stdout.readline())
+        assert second["finish_reason"] == "cancelled"
+        assert second["prompt_token_ids"] != first["prompt_token_ids"]  # the new system prompt
         p.stdin.write("/exit\n")
         p.stdin.flush()
         assert p.wait(timeout=30) == 0
