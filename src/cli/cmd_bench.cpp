@@ -97,6 +97,7 @@ struct Throughput {
   int requests = 0;
   std::int64_t input_tokens = 0, output_tokens = 0;
   double wall_s = 0;
+  double overhead_share = 0;  // of the engine's step time, spent outside the model's layers
   Summary ttft, tpot;
 };
 
@@ -108,6 +109,7 @@ Throughput bench_throughput(Engine& e, int n, int min_in, int max_in, int min_ou
   r.requests = n;
   std::int64_t expected_out = 0;
   auto pick = [&](int lo, int hi) { return lo + static_cast<int>(rng() % static_cast<std::uint64_t>(hi - lo + 1)); };
+  const auto before = e.stats();
   const auto t0 = Clock::now();
   for (int i = 0; i < n; ++i) {
     int in = pick(min_in, max_in), out = pick(min_out, max_out);
@@ -131,6 +133,9 @@ Throughput bench_throughput(Engine& e, int n, int min_in, int max_in, int min_ou
   }
   bar.finish();
   r.wall_s = seconds_since(t0);
+  const auto after = e.stats();
+  const double step_s = after.step_s - before.step_s;
+  r.overhead_share = step_s > 0 ? (step_s - (after.model_s - before.model_s)) / step_s : 0;
   r.ttft = summarize(ttft);
   r.tpot = summarize(tpot);
   return r;
@@ -206,14 +211,16 @@ void add_bench(CLI::App& app) {
                          {"total_tokens_per_s", (t.input_tokens + t.output_tokens) / t.wall_s},
                          {"ttft_s", {{"mean", t.ttft.mean}, {"median", t.ttft.median}, {"p99", t.ttft.p99}}},
                          {"tpot_s", {{"mean", t.tpot.mean}, {"median", t.tpot.median}, {"p99", t.tpot.p99}}},
-                         {"preemptions", st.preemptions}};
+                         {"preemptions", st.preemptions},
+                         {"overhead_share", t.overhead_share}};
       const double ratio = tg_tps > 0 ? t.output_tokens / t.wall_s / tg_tps : 0.0;
       if (ratio > 0) j["throughput"]["vs_batch1_decode"] = ratio;
       if (!o->json) {
         std::printf("throughput: %d requests, %lld prompt + %lld output tokens in %.1f s\n", t.requests,
                     static_cast<long long>(t.input_tokens), static_cast<long long>(t.output_tokens), t.wall_s);
-        std::printf("  output %.1f tok/s, total %.1f tok/s, %lld preemptions\n", t.output_tokens / t.wall_s,
-                    (t.input_tokens + t.output_tokens) / t.wall_s, static_cast<long long>(st.preemptions));
+        std::printf("  output %.1f tok/s, total %.1f tok/s, %lld preemptions, %.1f%% of step time outside the model\n",
+                    t.output_tokens / t.wall_s, (t.input_tokens + t.output_tokens) / t.wall_s,
+                    static_cast<long long>(st.preemptions), 100 * t.overhead_share);
         std::printf("  TTFT mean %.3f s, median %.3f s, p99 %.3f s\n", t.ttft.mean, t.ttft.median, t.ttft.p99);
         std::printf("  TPOT mean %.2f ms, median %.2f ms, p99 %.2f ms\n", 1e3 * t.tpot.mean, 1e3 * t.tpot.median,
                     1e3 * t.tpot.p99);
