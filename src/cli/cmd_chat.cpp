@@ -91,34 +91,31 @@ class ChatSession {
     history_.insert(history_.end(), after.begin(), after.end());
   }
 
+  // Runs one request to its end (or Ctrl-C), streaming each text delta as it comes; the
+  // returned output carries the whole text.
   Turn run(const std::vector<int>& prompt) {
     Turn t;
     const auto id = engine_.add_request(prompt, params_);
     std::string text;
+    auto take = [&](RequestOutput o) {
+      text += o.text;
+      if (stream_ && !o.text.empty()) {
+        std::fwrite(o.text.data(), 1, o.text.size(), stdout);
+        std::fflush(stdout);
+      }
+      if (o.finished) t.out = std::move(o);
+    };
     g_interrupted = false;
-    while (true) {
+    while (!t.out.finished) {
       if (g_interrupted) {
-        t.out = engine_.cancel(id);
+        take(engine_.cancel(id));
         t.interrupted = true;
         break;
       }
-      bool done = false;
-      for (auto& o : engine_.step()) {
-        if (o.id != id) continue;
-        text += o.text;
-        if (stream_ && !o.text.empty()) {
-          std::fwrite(o.text.data(), 1, o.text.size(), stdout);
-          std::fflush(stdout);
-        }
-        if (o.finished) {
-          t.out = std::move(o);
-          done = true;
-        }
-      }
-      if (done) break;
+      for (auto& o : engine_.step())
+        if (o.id == id) take(std::move(o));
     }
-    if (stream_ && !t.out.text.empty() && t.interrupted) std::fwrite(t.out.text.data(), 1, t.out.text.size(), stdout);
-    t.out.text = text + (t.interrupted ? t.out.text : "");
+    t.out.text = std::move(text);
     return t;
   }
 

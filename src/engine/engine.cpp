@@ -142,7 +142,6 @@ std::vector<RequestOutput> Engine::step() {
   const auto now = Clock::now();
   for (std::size_t i = 0; i < batch.size(); ++i) {
     Sequence& s = *batch[i].seq;
-    (s.num_uncomputed() == 1 && s.num_generated() > 0 ? stats_.decode_tokens : stats_.prefill_tokens) += batch[i].num_new;
     s.num_computed_tokens += batch[i].num_new;
     blocks_->cache_full_blocks(s);
     if (!wants[i]) continue;
@@ -152,7 +151,6 @@ std::vector<RequestOutput> Engine::step() {
     s.tokens.push_back(tok);
     s.history.add_output(tok);
     if (s.num_generated() == 1) s.first_token = now;
-    s.last_token = now;
 
     Request& r = *seqs_.at(s.id);
     RequestOutput out;

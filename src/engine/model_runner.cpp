@@ -31,7 +31,7 @@ std::int64_t ModelRunner::block_bytes(const ModelConfig& cfg, int block_size, to
 
 ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size,
                          int max_model_len)
-    : cfg_(model->config()), dtype_(dtype), block_size_(block_size) {
+    : cfg_(model->config()), block_size_(block_size) {
   torch::NoGradGuard no_grad;
   auto conv = [&](const torch::Tensor& t) { return t.defined() ? t.detach().to(dtype).contiguous() : t; };
   embed_ = conv(model->model->embed_tokens->weight);

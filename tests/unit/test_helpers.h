@@ -5,6 +5,7 @@
 #include <string>
 
 #include "llmctl/model/config.h"
+#include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/tokenizer/trainer.h"
 #include "llmctl/util/fs.h"
 
@@ -65,4 +66,15 @@ inline void train_demo_tokenizer(const std::string& out_dir, int vocab, const st
   opt.model_type = type;
   opt.progress = false;
   llmctl::train_tokenizer(opt);
+}
+
+// One tokenizer (vocab 1200) trained once per test binary on the shipped corpus, shared
+// by every suite that needs real text (training it takes seconds).
+inline const llmctl::Tokenizer& demo_tokenizer() {
+  static TempDir dir;
+  static llmctl::Tokenizer tok = [] {
+    train_demo_tokenizer(dir.path + "/tok", 1200);
+    return llmctl::Tokenizer::load(dir.path + "/tok");
+  }();
+  return tok;
 }

@@ -491,15 +491,6 @@ TEST(Sampling, Timing) {
 
 namespace {
 
-// Trained once for the whole suite (a few seconds), on the shipped demo corpus.
-const Tokenizer& stream_tokenizer() {
-  static TempDir dir;
-  static Tokenizer tok = [] {
-    train_demo_tokenizer(dir.path + "/tok", 1200);
-    return Tokenizer::load(dir.path + "/tok");
-  }();
-  return tok;
-}
 
 bool valid_utf8(const std::string& s) {
   for (std::size_t i = 0; i < s.size();) {
@@ -521,7 +512,7 @@ struct Streamed {
 };
 
 Streamed stream(const std::vector<int>& ids, std::vector<std::string> stops = {}) {
-  TextStream ts(stream_tokenizer(), std::move(stops));
+  TextStream ts(demo_tokenizer(), std::move(stops));
   Streamed out;
   for (int id : ids) {
     auto d = ts.push(id);
@@ -542,7 +533,7 @@ Streamed stream(const std::vector<int>& ids, std::vector<std::string> stops = {}
 }
 
 bool is_byte_piece(int id) {
-  const auto piece = stream_tokenizer().id_to_piece(id);
+  const auto piece = demo_tokenizer().id_to_piece(id);
   return piece.size() == 6 && piece.rfind("<0x", 0) == 0;
 }
 
@@ -558,7 +549,7 @@ const std::vector<std::string> kTexts = {
 }  // namespace
 
 TEST(TextStream, DeltasConcatenateToTheFullDecode) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   bool saw_bytes = false;
   for (const auto& text : kTexts) {
     const auto ids = tok.encode(text);
@@ -573,7 +564,7 @@ TEST(TextStream, DeltasConcatenateToTheFullDecode) {
 }
 
 TEST(TextStream, MultiByteCharacterIsHeldUntilComplete) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   const auto ids = tok.encode("🙂");
   ASSERT_EQ(ids.size(), 4u);  // four byte-fallback tokens
   TextStream ts(tok, {});
@@ -593,7 +584,7 @@ TEST(TextStream, MultiByteCharacterIsHeldUntilComplete) {
 }
 
 TEST(TextStream, SpecialTokensAreSkipped) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   auto ids = tok.encode("<|im_start|>assistant\nHi there<|im_end|>\n world");
   const auto got = stream(ids);
   EXPECT_EQ(got.text, tok.decode(ids, true));
@@ -602,7 +593,7 @@ TEST(TextStream, SpecialTokensAreSkipped) {
 
 TEST(TextStream, RandomIdsMatchTheFullDecode) {
   // Any id sequence, including broken byte sequences and specials in between.
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   std::vector<int> bytes;
   for (int b = 0; b < 256; ++b) {
     char piece[8];
@@ -631,7 +622,7 @@ TEST(TextStream, RandomIdsMatchTheFullDecode) {
 }
 
 TEST(TextStream, StopStringEndsTheStreamAndIsNotEmitted) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   const std::string text = "The answer is 42. Observation: the tool said nothing. More text.";
   const auto ids = tok.encode(text);
   const auto got = stream(ids, {"Observation:"});
@@ -656,7 +647,7 @@ TEST(TextStream, StopStringEndsTheStreamAndIsNotEmitted) {
 }
 
 TEST(TextStream, StopStringSplitAcrossTokensIsCaught) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   const std::string text = "alpha beta gamma delta epsilon";
   const auto ids = tok.encode(text);
   // A stop string spanning several tokens: its first tokens must be held back.
@@ -692,7 +683,7 @@ TEST(TextStream, StopStringSplitAcrossTokensIsCaught) {
 }
 
 TEST(TextStream, HeldBackPrefixIsReleasedWhenItIsNotAStop) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   const std::string text = "the world is wide, the word is out";
   const auto ids = tok.encode(text);
   const std::vector<std::string> stops = {"worm", "is out!"};
@@ -727,7 +718,7 @@ TEST(TextStream, HeldBackPrefixIsReleasedWhenItIsNotAStop) {
 }
 
 TEST(TextStream, FinishFlushesHeldText) {
-  const auto& tok = stream_tokenizer();
+  const auto& tok = demo_tokenizer();
   const auto ids = tok.encode("one two thr");
   TextStream ts(tok, {"three"});
   std::string out;

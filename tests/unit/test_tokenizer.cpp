@@ -8,19 +8,6 @@
 
 using namespace llmctl;
 
-namespace {
-
-// One tokenizer trained once for the suite, on the shipped demo corpus (first part).
-const Tokenizer& demo_tokenizer() {
-  static TempDir dir;
-  static Tokenizer tok = [] {
-    train_demo_tokenizer(dir.path + "/tok", 1200);
-    return Tokenizer::load(dir.path + "/tok");
-  }();
-  return tok;
-}
-
-}  // namespace
 
 TEST(Tokenizer, SpecialTokensHaveFixedIds) {
   const auto& t = demo_tokenizer();

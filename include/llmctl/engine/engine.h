@@ -48,7 +48,7 @@ struct RequestOutput {
 };
 
 struct EngineStats {
-  std::int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, preemptions = 0;
+  std::int64_t steps = 0, preemptions = 0;
   std::int64_t prefix_queries = 0, prefix_hit_tokens = 0;
   double model_s = 0, step_s = 0;  // time in the model's layers / in whole steps (the rest is overhead)
 };
@@ -80,7 +80,6 @@ class Engine {
   int num_free_blocks() const;
   int num_blocks() const;
   bool check_block_invariants() const;
-  std::vector<int> eos_ids() const { return eos_ids_; }
   // Called with each request's logits row (fp32, before penalties and sampling) right
   // before a token is sampled from it: tests compare runs, servers derive logprobs.
   using LogitsObserver = std::function<void(std::int64_t id, const float* logits, int vocab)>;

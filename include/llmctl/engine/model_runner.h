@@ -29,7 +29,6 @@ class ModelRunner {
   // slots, block tables): engine overhead rather than model time.
   double last_prepare_s() const { return last_prepare_s_; }
   const ModelConfig& config() const { return cfg_; }
-  torch::ScalarType dtype() const { return dtype_; }
   // Bytes of K and V for one block over all layers.
   static std::int64_t block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype);
 
@@ -40,7 +39,6 @@ class ModelRunner {
     torch::Tensor k_cache, v_cache;  // [num_blocks, kv_heads, block_size, head_dim]
   };
   ModelConfig cfg_;
-  torch::ScalarType dtype_;
   int block_size_;
   double last_prepare_s_ = 0;
   std::vector<Layer> layers_;

@@ -33,7 +33,6 @@ class Scheduler {
   // Takes a sequence out (finished or cancelled) and releases its blocks.
   void remove(Sequence* seq);
 
-  bool idle() const { return waiting_.empty() && running_.empty(); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int num_running() const { return static_cast<int>(running_.size()); }
   std::int64_t num_preemptions() const { return preemptions_; }

@@ -32,7 +32,7 @@ struct Sequence {
   TokenHistory history;
   std::mt19937_64 rng;
 
-  Clock::time_point arrival, first_token, last_token;
+  Clock::time_point arrival, first_token;
 
   int num_generated() const { return static_cast<int>(tokens.size()) - num_prompt_tokens; }
   int num_uncomputed() const { return static_cast<int>(tokens.size()) - num_computed_tokens; }

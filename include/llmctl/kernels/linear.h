@@ -27,8 +27,6 @@ class PackedLinear {
   PackedLinear(const torch::Tensor& w, const torch::Tensor& b);
   // x: [..., K] in the weight's dtype -> [..., N].
   torch::Tensor operator()(const torch::Tensor& x) const;
-  std::int64_t out_features() const { return n_; }
-  std::int64_t in_features() const { return k_; }
 
  private:
   bool uses_packed(std::int64_t rows) const;
