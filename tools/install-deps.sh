@@ -10,6 +10,8 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache git
   python3 python3-venv
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libgtest-dev
+  libcpp-httplib-dev
+  chromium chromium-driver  # tests: the web chat page in headless Chromium
 )
 VENV=.venv
 REQ=tools/requirements.txt

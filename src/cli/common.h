@@ -22,6 +22,7 @@ void add_eval(CLI::App& app);
 void add_train(CLI::App& app);  // pretrain and sft
 void add_chat(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_serve(CLI::App& app);
 
 // Flags every model-running subcommand shares.
 struct RuntimeFlags {

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   llmctl::cli::add_train(app);
   llmctl::cli::add_chat(app);
   llmctl::cli::add_bench(app);
+  llmctl::cli::add_serve(app);
 
   try {
     app.parse(argc, argv);

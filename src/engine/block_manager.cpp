@@ -59,6 +59,7 @@ int BlockManager::acquire_prefix(Sequence& seq) {
   if (!prefix_caching_ || !seq.block_table.empty()) return seq.num_computed_tokens;
   ++stats_.prefix_queries;
   const int n_tokens = static_cast<int>(seq.tokens.size());
+  stats_.prefix_query_tokens += n_tokens;
   const int max_blocks = (n_tokens - 1) / block_size_;  // leave >= 1 token to compute
   std::uint64_t prev = 0;
   for (int i = 0; i < max_blocks; ++i) {

@@ -208,10 +208,13 @@ EngineStats Engine::stats() const {
   EngineStats s = stats_;
   s.preemptions = scheduler_->num_preemptions();
   s.prefix_queries = blocks_->stats().prefix_queries;
+  s.prefix_query_tokens = blocks_->stats().prefix_query_tokens;
   s.prefix_hit_tokens = blocks_->stats().prefix_hit_tokens;
   return s;
 }
 
+int Engine::num_running() const { return scheduler_->num_running(); }
+int Engine::num_waiting() const { return scheduler_->num_waiting(); }
 int Engine::num_free_blocks() const { return blocks_->num_free_blocks(); }
 int Engine::num_blocks() const { return blocks_->num_blocks(); }
 bool Engine::check_block_invariants() const { return blocks_->check_invariants(); }

@@ -39,7 +39,7 @@ class BlockManager {
   void release(Sequence& seq);
 
   struct Stats {
-    std::int64_t prefix_queries = 0, prefix_hit_tokens = 0, evictions = 0;
+    std::int64_t prefix_queries = 0, prefix_query_tokens = 0, prefix_hit_tokens = 0, evictions = 0;
   };
   const Stats& stats() const { return stats_; }
   // Consistency check for tests: every block is either referenced or in the free list

@@ -49,7 +49,7 @@ struct RequestOutput {
 
 struct EngineStats {
   std::int64_t steps = 0, preemptions = 0;
-  std::int64_t prefix_queries = 0, prefix_hit_tokens = 0;
+  std::int64_t prefix_queries = 0, prefix_query_tokens = 0, prefix_hit_tokens = 0;
   double model_s = 0, step_s = 0;  // time in the model's layers / in whole steps (the rest is overhead)
 };
 
@@ -67,6 +67,8 @@ class Engine {
   RequestOutput cancel(std::int64_t id);
   bool has_unfinished() const;
   int num_unfinished() const { return static_cast<int>(seqs_.size()); }
+  int num_running() const;  // in the running batch (holding KV blocks)
+  int num_waiting() const;  // queued or preempted
 
   // Convenience: runs the given prompts to completion together; results in input order.
   std::vector<RequestOutput> generate(const std::vector<std::vector<int>>& prompts, const SamplingParams& params);
