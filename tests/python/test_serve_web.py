@@ -8,14 +8,12 @@ Skipped when selenium, chromium or chromedriver is missing (nothing is ever down
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from serve_helpers import serve
 
 try:
     from selenium import webdriver
@@ -45,23 +43,6 @@ def web_model(llmctl_json, tokenizer_dir, tmp_path_factory):
     return str(out)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_status(url, key=None):
-    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + key} if key else {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
 def error_message(url, key=None, body=None):
     """error.message of the server's refusal of this request (which must be refused)."""
     headers = {"Content-Type": "application/json"}
@@ -71,49 +52,6 @@ def error_message(url, key=None, body=None):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30).close()
     return json.loads(e.value.read())["error"]["message"]
-
-
-class Server:
-    """`llmctl serve` on a free port; stop() sends SIGTERM (kill after 10 s), returns the exit code."""
-
-    def __init__(self, binary, model, log_path, *extra, key=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", self.port,
-               "--threads", 1, "--kv-cache-gb", 0.05, *extra]
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([str(c) for c in cmd], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while http_status(self.url + "/health", key) != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                rc = self.stop()
-                pytest.fail(f"llmctl serve did not answer GET /health with 200 within 60 s "
-                            f"(exit code: {rc}):\n{self.output()}")
-            time.sleep(0.25)
-
-    def output(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-4000:]
-
-    def stop(self):
-        self.log.close()  # (the server writes to its own copy of the descriptor)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                return "killed after SIGTERM did not end it within 10 s"
-        return self.proc.returncode
-
-
-def serve(binary, model, log_path, *extra, key=None):
-    server = Server(binary, model, log_path, *extra, key=key)
-    yield server
-    rc = server.stop()
-    assert rc == 0, f"llmctl serve after SIGTERM: {rc}\n{server.output()}"
 
 
 @pytest.fixture(scope="module")

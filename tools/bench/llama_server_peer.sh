@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# llama_server_peer.sh: a peer to benchmark llmctl's OpenAI-compatible server against. Builds llama.cpp's C++
-# llama-server from the llama.cpp copy vendored in the llama-cpp-python sdist on PyPI, converts
-# an HF Llama model directory (what `llmctl init/pretrain/sft` write) to GGUF with that copy's
-# convert_hf_to_gguf.py, and prints the llama-server command line with N parallel slots.
-# A benchmarking helper only: not used by the build, the tests or CI. Uses PyPI and Debian only.
+# llama_server_peer.sh: a peer to benchmark llmctl's OpenAI-compatible server against.
+# Builds llama.cpp's C++ llama-server from the llama.cpp copy vendored in the llama-cpp-python
+# sdist on PyPI, converts an HF Llama model directory (what `llmctl init/pretrain/sft` write) to
+# GGUF with that copy's convert_hf_to_gguf.py, and prints the llama-server command line with N
+# parallel slots. A benchmarking helper only: not used by the build, the tests or CI. Uses PyPI
+# and Debian only.
 #
 #   tools/bench/llama_server_peer.sh MODEL_DIR [options]
 #
