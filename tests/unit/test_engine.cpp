@@ -9,6 +9,7 @@
 #include "llmctl/engine/engine.h"
 #include "llmctl/engine/scheduler.h"
 #include "llmctl/io/model_dir.h"
+#include "llmctl/serve/async_engine.h"
 #include "llmctl/util/error.h"
 #include "test_helpers.h"
 
@@ -303,4 +304,98 @@ TEST(Engine, SameSeedSameTokensAndRejectsImpossibleRequests) {
   EXPECT_ERROR_MENTIONS((e.add_request({}, p)), "empty");
   EXPECT_ERROR_MENTIONS((e.add_request({1, 500}, p)), "vocabulary");
   EXPECT_ERROR_MENTIONS((e.add_request(std::vector<int>(200, 1), p)), "limit");  // 32 blocks x 4 = 128 tokens
+}
+
+// --- AsyncEngine: the server's engine thread -----------------------------------------------
+
+namespace {
+
+// Reads a handle's events until every sequence has finished (bounded).
+std::vector<serve::SeqEvent> drain(serve::RequestHandle& h) {
+  std::vector<serve::SeqEvent> all;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int finished = 0;
+  while (finished < h.size() && std::chrono::steady_clock::now() < deadline)
+    for (auto& ev : h.wait(std::chrono::milliseconds(100))) {
+      finished += ev.finished;
+      all.push_back(std::move(ev));
+    }
+  EXPECT_EQ(finished, h.size()) << "requests did not finish";
+  return all;
+}
+
+std::unique_ptr<Engine> tiny_engine(const TinyModel& m, int max_num_seqs = 8) {
+  EngineConfig c;
+  c.num_blocks = 64;
+  c.max_num_seqs = max_num_seqs;
+  return std::make_unique<Engine>(m.dir.path, c);
+}
+
+}  // namespace
+
+TEST(AsyncEngine, StreamsTheSameTokensAsThePlainModelWithLogprobs) {
+  TinyModel m;
+  serve::AsyncEngine engine(tiny_engine(m), {});
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3}, {4, 5, 6, 7, 8}};
+  auto h = engine.submit(prompts, {greedy_params(6), greedy_params(6)}, 2);
+  std::vector<std::vector<int>> got(2);
+  for (const auto& ev : drain(*h)) {
+    got[ev.index].insert(got[ev.index].end(), ev.token_ids.begin(), ev.token_ids.end());
+    ASSERT_EQ(ev.logprobs.size(), ev.token_ids.size());
+    for (std::size_t k = 0; k < ev.logprobs.size(); ++k) {
+      ASSERT_EQ(ev.logprobs[k].top.size(), 2u);
+      EXPECT_EQ(ev.logprobs[k].top[0].first, ev.token_ids[k]);  // greedy takes the most likely
+      EXPECT_LE(ev.logprobs[k].logprob, 0.0f);
+    }
+    if (ev.finished) {
+      EXPECT_EQ(ev.finish_reason, "length");
+      EXPECT_EQ(ev.completion_tokens, 6);
+    }
+  }
+  EXPECT_EQ(got[0], m.greedy(prompts[0], 6));
+  EXPECT_EQ(got[1], m.greedy(prompts[1], 6));
+  EXPECT_EQ(engine.in_flight(), 0);
+}
+
+TEST(AsyncEngine, CancelFreesBlocksAndOverloadIsRefused) {
+  TinyModel m;
+  serve::AsyncEngine engine(tiny_engine(m, 1), {/*max_queue=*/1, /*request_timeout_s=*/600});
+  auto a = engine.submit({{1, 2, 3}}, {greedy_params(400)}, -1);
+  auto b = engine.submit({{4, 5, 6}}, {greedy_params(400)}, -1);
+  try {
+    engine.submit({{7}}, {greedy_params(4)}, -1);
+    ADD_FAILURE() << "a third sequence was admitted beyond max_num_seqs 1 + max_queue 1";
+  } catch (const serve::Overloaded& e) {
+    EXPECT_FALSE(e.draining);
+  }
+  while (a->wait(std::chrono::milliseconds(100)).empty()) {
+  }
+  engine.cancel(a);
+  engine.cancel(b);
+  bool saw_cancel = false;
+  for (const auto& ev : drain(*a)) saw_cancel |= ev.finished && ev.finish_reason == "cancelled";
+  drain(*b);
+  EXPECT_TRUE(saw_cancel);
+  EXPECT_TRUE(engine.wait_idle(std::chrono::seconds(10)));
+  for (int i = 0; i < 100 && engine.metrics().blocks_used != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(engine.metrics().blocks_used, 0);
+  EXPECT_EQ(engine.metrics().m.finished.at("cancelled"), 2);
+
+  engine.begin_drain();
+  try {
+    engine.submit({{7}}, {greedy_params(4)}, -1);
+    ADD_FAILURE() << "admitted while draining";
+  } catch (const serve::Overloaded& e) {
+    EXPECT_TRUE(e.draining);
+  }
+}
+
+TEST(AsyncEngine, RequestsPastTheirDeadlineEndWithTimeout) {
+  TinyModel m;
+  serve::AsyncEngine engine(tiny_engine(m), {/*max_queue=*/4, /*request_timeout_s=*/0.05});
+  auto h = engine.submit({{1, 2}}, {greedy_params(480)}, -1);
+  const auto evs = drain(*h);
+  ASSERT_FALSE(evs.empty());
+  EXPECT_EQ(evs.back().finish_reason, "timeout");
+  EXPECT_LT(evs.back().completion_tokens, 480);
 }

@@ -8,6 +8,7 @@
 #include "llmctl/data/jsonl.h"
 #include "llmctl/io/model_dir.h"
 #include "llmctl/io/safetensors.h"
+#include "llmctl/serve/api.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
 #include "test_helpers.h"
@@ -99,4 +100,40 @@ TEST(Fuzz, JsonlReaderNeverThrowsOnContent) {
     EXPECT_NO_THROW(while (s.next(t)) {}) << "mutation " << i;
     EXPECT_LE(s.documents() + s.malformed(), 4u);
   }
+}
+
+// The server's request parser on mutated OpenAI bodies: a parsed request or an ApiError
+// (which becomes a 4xx), nothing else.
+TEST(Fuzz, OpenAIRequestParser) {
+  serve::ServedModel model;
+  model.name = "m";
+  model.max_model_len = 256;
+  model.vocab_size = 50;
+  const std::vector<std::pair<serve::ApiKind, std::string>> seeds = {
+      {serve::ApiKind::Chat,
+       R"({"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],)"
+       R"("max_tokens":5,"temperature":0.7,"top_p":0.9,"n":2,"stop":["a","b"],"logprobs":true,"top_logprobs":2,)"
+       R"("stream":true,"stream_options":{"include_usage":true},"seed":3})"},
+      {serve::ApiKind::Completion, R"({"prompt":[[1,2,3],[4]],"max_tokens":3,"logprobs":1,"stop":"x","top_k":4})"},
+      {serve::ApiKind::Completion, R"({"prompt":"hello","min_p":0.1,"repetition_penalty":1.1,"stop_token_ids":[1]})"},
+  };
+  std::mt19937 rng(11);
+  int parsed = 0;
+  for (int i = 0; i < 6000; ++i) {
+    const auto& [kind, seed] = seeds[static_cast<std::size_t>(i) % seeds.size()];
+    const std::string body = mutate(seed, rng, seed.size());
+    try {
+      auto r = serve::parse_request(kind, body, model);
+      ++parsed;
+      EXPECT_GE(r.n, 1);
+      if (r.params.max_new_tokens < 0) r.params.max_new_tokens = 1;  // "fill the context"
+      EXPECT_NO_THROW(r.params.validate());
+    } catch (const serve::ApiError& e) {
+      EXPECT_GE(e.status, 400);
+      EXPECT_LT(e.status, 500);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "mutation " << i << ": unexpected exception " << e.what() << "\n" << body;
+    }
+  }
+  EXPECT_GT(parsed, 100);  // the mutations do not only produce garbage
 }
