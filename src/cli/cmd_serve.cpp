@@ -77,6 +77,10 @@ void add_serve(CLI::App& app) {
                   "Seconds a request may take; then it is ended (504, or an error event when streaming)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  sub->add_option("--stream-interval", o->async.stream_interval,
+                  "Send streamed tokens in groups of this many (fewer wake-ups on small machines)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   sub->add_option("--shutdown-grace", o->server.shutdown_grace_s,
                   "On SIGTERM/SIGINT: seconds requests in flight may take to finish before they are cancelled")
       ->capture_default_str()

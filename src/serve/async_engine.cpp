@@ -38,6 +38,9 @@ AsyncEngine::AsyncEngine(std::unique_ptr<Engine> engine, const AsyncEngineConfig
 }
 
 AsyncEngine::~AsyncEngine() {
+  const auto st = engine_->stats();
+  log::info(cat("engine: ", st.steps, " steps in ", st.step_s, " s (", st.model_s, " s in the model), ", st.preemptions,
+                " preemptions"));
   {
     std::lock_guard<std::mutex> lk(m_);
     stop_ = true;
@@ -307,6 +310,7 @@ void AsyncEngine::finish_seq(const std::shared_ptr<RequestHandle>& h, int index,
 
 void AsyncEngine::deliver(RequestHandle& h, SeqEvent ev) {
   const bool finished = ev.finished;
+  bool wake;
   {
     std::lock_guard<std::mutex> hl(h.m_);
     if (finished) {
@@ -314,8 +318,11 @@ void AsyncEngine::deliver(RequestHandle& h, SeqEvent ev) {
       ++h.num_finished_;
     }
     h.events_.push_back(std::move(ev));
+    // Waking the reader for every token costs context switches that stall the model's
+    // threads on a small machine; --stream-interval N wakes it every N events (and at the end).
+    wake = finished || static_cast<int>(h.events_.size()) >= cfg_.stream_interval;
   }
-  h.cv_.notify_all();
+  if (wake) h.cv_.notify_all();
   if (finished) {
     std::lock_guard<std::mutex> lk(m_);
     --in_flight_;

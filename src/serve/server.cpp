@@ -147,6 +147,7 @@ struct Server::Impl {
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
     http.set_payload_max_length(cfg.max_body);
     http.set_keep_alive_timeout(5);
+    http.set_tcp_nodelay(true);  // SSE events are small writes: no Nagle delay
     http.set_read_timeout(30);
     http.set_write_timeout(30);
 

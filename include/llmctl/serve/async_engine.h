@@ -70,6 +70,7 @@ struct Overloaded : std::runtime_error {
 struct AsyncEngineConfig {
   int max_queue = 64;               // sequences waiting beyond what runs in one batch
   double request_timeout_s = 600;   // a request still running after this is ended
+  int stream_interval = 1;          // events per wake-up of a request's reader
 };
 
 class AsyncEngine {
