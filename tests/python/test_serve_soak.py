@@ -13,7 +13,7 @@ import time
 
 import pytest
 from serve_helpers import serve
-from test_serve import metrics, wait_for
+from test_serve import hang_up, metrics, wait_for
 
 CLIENTS = 64
 SOAK_S = float(os.environ.get("LLMCTL_SOAK_S", "60"))
@@ -102,8 +102,7 @@ class Client(threading.Thread):
             if ev["choices"] and ev["choices"][0]["finish_reason"]:
                 finish = ev["choices"][0]["finish_reason"]
             if stop_after is not None and events >= stop_after:
-                c.sock.close()  # hang up mid-stream
-                c.close()
+                hang_up(c)
                 self.cancelled += 1
                 return
         c.close()
