@@ -57,10 +57,10 @@ std::int64_t read_int(const json& o, const char* key, std::int64_t def, std::int
   const json* v = field(o, key);
   if (!v) return def;
   if (!v->is_number_integer()) throw bad(key, std::string("'") + key + "' must be an integer");
-  const bool neg = v->is_number_integer() && !v->is_number_unsigned() && v->get<std::int64_t>() < 0;
+  // Unsigned values beyond int64 would wrap: they are above any limit asked for here.
   if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(hi))
     throw bad(key, std::string("'") + key + "' must be at most " + std::to_string(hi));
-  const std::int64_t x = neg ? v->get<std::int64_t>() : static_cast<std::int64_t>(v->get<std::uint64_t>());
+  const std::int64_t x = v->get<std::int64_t>();
   if (x < lo || x > hi)
     throw bad(key, std::string("'") + key + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
                        "], got " + std::to_string(x));

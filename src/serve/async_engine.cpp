@@ -140,35 +140,27 @@ void AsyncEngine::loop() {
     }
     for (auto& h : incoming) add(h);
     for (auto& h : cancels) cancel_now(h, "cancelled");
-    if (cancel_everything) {
-      std::vector<std::shared_ptr<RequestHandle>> all;
-      for (auto& [id, a] : active_) all.push_back(a.handle);
-      for (auto& h : all) cancel_now(h, "cancelled");
-    }
+    if (cancel_everything)
+      for (auto& h : active_handles()) cancel_now(h, "cancelled");
     expire_deadlines();
     if (!active_.empty()) run_step();
     publish();
   }
   // Stopping: whatever is left ends now, so no HTTP thread waits forever.
-  std::vector<std::shared_ptr<RequestHandle>> all;
-  for (auto& [id, a] : active_) all.push_back(a.handle);
+  auto all = active_handles();
   {
     std::lock_guard<std::mutex> lk(m_);
     for (auto& h : incoming_) all.push_back(h);
     incoming_.clear();
   }
-  for (auto& h : all) {
-    bool fresh;
-    {
-      std::lock_guard<std::mutex> hl(h->m_);
-      fresh = std::all_of(h->seqs_.begin(), h->seqs_.end(), [](const auto& s) { return s.engine_id == 0 && !s.finished; });
-    }
-    if (fresh) {
-      for (int i = 0; i < h->size(); ++i) finish_seq(h, i, {}, "cancelled");
-    } else {
-      cancel_now(h, "cancelled");
-    }
-  }
+  for (auto& h : all) cancel_now(h, "cancelled");
+}
+
+std::vector<std::shared_ptr<RequestHandle>> AsyncEngine::active_handles() const {
+  std::vector<std::shared_ptr<RequestHandle>> out;
+  for (const auto& [id, a] : active_)
+    if (out.empty() || out.back() != a.handle) out.push_back(a.handle);
+  return out;
 }
 
 void AsyncEngine::add(const std::shared_ptr<RequestHandle>& h) {
@@ -177,12 +169,12 @@ void AsyncEngine::add(const std::shared_ptr<RequestHandle>& h) {
     std::lock_guard<std::mutex> hl(h->m_);
     cancelled = h->cancel_requested_;
   }
+  if (cancelled) {
+    cancel_now(h, "cancelled");
+    return;
+  }
   for (int i = 0; i < h->size(); ++i) {
     auto& s = h->seqs_[i];
-    if (cancelled) {
-      finish_seq(h, i, {}, "cancelled");
-      continue;
-    }
     try {
       s.engine_id = engine_->add_request(s.prompt, s.params);
       active_[s.engine_id] = {h, i};
@@ -192,22 +184,25 @@ void AsyncEngine::add(const std::shared_ptr<RequestHandle>& h) {
   }
 }
 
+// Ends every unfinished sequence of the request: those in the engine are cancelled there
+// (freeing their blocks), those never added just end.
 void AsyncEngine::cancel_now(const std::shared_ptr<RequestHandle>& h, const std::string& reason) {
   for (int i = 0; i < h->size(); ++i) {
     auto& s = h->seqs_[i];
-    if (s.engine_id == 0 || !active_.count(s.engine_id)) continue;
-    active_.erase(s.engine_id);
-    step_logits_.erase(s.engine_id);
-    finish_seq(h, i, engine_->cancel(s.engine_id), reason);
+    if (s.finished) continue;  // written by this thread only: no lock needed to read it
+    if (active_.erase(s.engine_id)) {
+      step_logits_.erase(s.engine_id);
+      finish_seq(h, i, engine_->cancel(s.engine_id), reason);
+    } else {
+      finish_seq(h, i, {}, reason);
+    }
   }
 }
 
 void AsyncEngine::expire_deadlines() {
   const auto now = steady_clock::now();
-  std::vector<std::shared_ptr<RequestHandle>> late;
-  for (auto& [id, a] : active_)
-    if (now > a.handle->deadline_ && (late.empty() || late.back() != a.handle)) late.push_back(a.handle);
-  for (auto& h : late) cancel_now(h, "timeout");
+  for (auto& h : active_handles())
+    if (now > h->deadline_) cancel_now(h, "timeout");
 }
 
 namespace {
@@ -242,9 +237,7 @@ void AsyncEngine::run_step() {
     // Should not happen; if it does, every request in flight fails cleanly instead of
     // hanging, and the server keeps serving new ones.
     log::error(std::string("engine step failed: ") + e.what());
-    std::vector<std::shared_ptr<RequestHandle>> all;
-    for (auto& [id, a] : active_) all.push_back(a.handle);
-    for (auto& h : all) cancel_now(h, "error");
+    for (auto& h : active_handles()) cancel_now(h, "error");
     step_logits_.clear();
     return;
   }

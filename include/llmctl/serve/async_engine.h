@@ -99,6 +99,7 @@ class AsyncEngine {
   // All below run on the loop thread.
   void loop();
   void add(const std::shared_ptr<RequestHandle>& h);
+  std::vector<std::shared_ptr<RequestHandle>> active_handles() const;  // each request once
   void cancel_now(const std::shared_ptr<RequestHandle>& h, const std::string& reason);
   void expire_deadlines();
   void run_step();
