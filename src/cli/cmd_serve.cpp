@@ -109,7 +109,12 @@ void add_serve(CLI::App& app) {
 
     std::atomic<bool> done{false};
     std::thread watcher([&] { watch_signals(set, server, done); });
-    server.run();
+    std::thread http([&] {
+      server.run();  // returns after shutdown() has closed every connection
+      async.stop();
+    });
+    async.run();  // the engine steps on this thread, the one that loaded the model (see AsyncEngine::run)
+    http.join();
     done = true;
     watcher.join();
     log::info("server stopped");

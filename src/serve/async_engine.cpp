@@ -34,18 +34,25 @@ AsyncEngine::AsyncEngine(std::unique_ptr<Engine> engine, const AsyncEngineConfig
     if (it != active_.end() && it->second.handle->logprobs_ >= 0) step_logits_[id].assign(logits, logits + vocab);
   });
   free_blocks_ = engine_->num_free_blocks();
-  thread_ = std::thread([this] { loop(); });
+}
+
+void AsyncEngine::start() { thread_ = std::thread([this] { loop(); }); }
+
+void AsyncEngine::run() { loop(); }
+
+void AsyncEngine::stop() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+  }
+  cv_.notify_all();
 }
 
 AsyncEngine::~AsyncEngine() {
   const auto st = engine_->stats();
   log::info(cat("engine: ", st.steps, " steps in ", st.step_s, " s (", st.model_s, " s in the model), ", st.preemptions,
                 " preemptions"));
-  {
-    std::lock_guard<std::mutex> lk(m_);
-    stop_ = true;
-  }
-  cv_.notify_all();
+  stop();
   if (thread_.joinable()) thread_.join();
 }
 

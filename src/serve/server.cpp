@@ -1,6 +1,7 @@
 #include "llmctl/serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -125,6 +126,7 @@ struct Server::Impl {
   httplib::Server http;
   std::atomic<bool> draining{false};
   std::atomic<int> open_streams{0};  // SSE responses not yet fully written
+  int listen_fd = -1;                // the listening socket, to widen its backlog
   std::mutex shutdown_m;
   bool shutdown_started = false;
 
@@ -146,6 +148,10 @@ struct Server::Impl {
     const int threads = engine.capacity() + 16;
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
     http.set_payload_max_length(cfg.max_body);
+    http.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_fd = sock;
+    });
     http.set_keep_alive_timeout(5);
     http.set_tcp_nodelay(true);  // SSE events are small writes: no Nagle delay
     http.set_read_timeout(30);
@@ -365,6 +371,9 @@ int Server::bind() {
     throw Error("cannot listen on " + impl_->cfg.host + ":" + std::to_string(port) +
                 " (in use, or not an address of this machine)");
   }
+  // Debian's cpp-httplib listens with a backlog of 5: a burst of clients overflows it and
+  // some connections get reset. listen() again on the bound socket widens the queue.
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
   return port;
 }
 

@@ -336,6 +336,7 @@ std::unique_ptr<Engine> tiny_engine(const TinyModel& m, int max_num_seqs = 8) {
 TEST(AsyncEngine, StreamsTheSameTokensAsThePlainModelWithLogprobs) {
   TinyModel m;
   serve::AsyncEngine engine(tiny_engine(m), {});
+  engine.start();
   const std::vector<std::vector<int>> prompts = {{1, 2, 3}, {4, 5, 6, 7, 8}};
   auto h = engine.submit(prompts, {greedy_params(6), greedy_params(6)}, 2);
   std::vector<std::vector<int>> got(2);
@@ -360,6 +361,7 @@ TEST(AsyncEngine, StreamsTheSameTokensAsThePlainModelWithLogprobs) {
 TEST(AsyncEngine, CancelFreesBlocksAndOverloadIsRefused) {
   TinyModel m;
   serve::AsyncEngine engine(tiny_engine(m, 1), {/*max_queue=*/1, /*request_timeout_s=*/600});
+  engine.start();
   auto a = engine.submit({{1, 2, 3}}, {greedy_params(400)}, -1);
   auto b = engine.submit({{4, 5, 6}}, {greedy_params(400)}, -1);
   try {
@@ -393,6 +395,7 @@ TEST(AsyncEngine, CancelFreesBlocksAndOverloadIsRefused) {
 TEST(AsyncEngine, RequestsPastTheirDeadlineEndWithTimeout) {
   TinyModel m;
   serve::AsyncEngine engine(tiny_engine(m), {/*max_queue=*/4, /*request_timeout_s=*/0.05});
+  engine.start();
   auto h = engine.submit({{1, 2}}, {greedy_params(480)}, -1);
   const auto evs = drain(*h);
   ASSERT_FALSE(evs.empty());

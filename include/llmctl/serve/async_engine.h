@@ -76,7 +76,15 @@ struct AsyncEngineConfig {
 class AsyncEngine {
  public:
   AsyncEngine(std::unique_ptr<Engine> engine, const AsyncEngineConfig& cfg);
-  ~AsyncEngine();  // cancels what is left and stops the loop
+  ~AsyncEngine();  // stops the loop (what is left is cancelled) and joins its thread
+
+  // The step loop runs either on a thread of its own (start) or on the caller's (run,
+  // until stop). `llmctl serve` gives it the main thread: the one that loaded the model
+  // owns the OpenMP team, and a second team from another thread makes libgomp throttle
+  // its spin-waits (more threads than cores), which slows every parallel region.
+  void start();
+  void run();
+  void stop();
 
   // Queues one sequence per prompt, all or none; throws Overloaded.
   std::shared_ptr<RequestHandle> submit(const std::vector<std::vector<int>>& prompts,
