@@ -475,7 +475,7 @@ json response_json(const ResponseMeta& meta, const std::vector<Choice>& choices,
 json chunk_json(const ResponseMeta& meta, const Choice& delta, bool role_chunk, bool usage_field, const Tokenizer* tok) {
   const bool chat = meta.kind == ApiKind::Chat;
   json out = object_header(meta, chat ? "chat.completion.chunk" : "text_completion");
-  json lp = meta.with_logprobs && !delta.logprobs.empty() ? logprobs_json(meta, delta.logprobs, tok, 0) : json(nullptr);
+  json lp = meta.with_logprobs && !delta.logprobs.empty() ? logprobs_json(meta, delta.logprobs, tok, delta.text_offset) : json(nullptr);
   json choice;
   if (chat) {
     json d = json::object();

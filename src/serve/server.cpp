@@ -102,6 +102,7 @@ struct Generation {
     d.text = ev.text;
     d.logprobs = ev.logprobs;
     Choice& c = choices[static_cast<std::size_t>(ev.index)];
+    d.text_offset = static_cast<int>(c.text.size());
     c.text += ev.text;
     c.logprobs.insert(c.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
     if (ev.finished) {

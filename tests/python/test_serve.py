@@ -218,6 +218,11 @@ def test_logprobs(client):
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     assert all(len(t) <= 2 for t in lp.top_logprobs)
+    # streamed: the offsets continue across chunks
+    offsets = [o for ch in client.completions.create(model=NAME, prompt="the", temperature=0, max_tokens=4,
+                                                     logprobs=2, stream=True)
+               if ch.choices and ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+    assert len(offsets) == 4 and offsets == sorted(offsets), offsets
 
 
 def test_metrics_and_tokenize(server, client):

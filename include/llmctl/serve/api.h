@@ -87,6 +87,7 @@ struct Choice {
   std::string text;
   std::string finish_reason;  // "stop" | "length"; empty while streaming
   std::vector<TokenLogprob> logprobs;
+  int text_offset = 0;  // a stream chunk's place in the choice's text (completions logprobs' text_offset)
 };
 
 struct Usage {
