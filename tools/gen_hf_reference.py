@@ -55,6 +55,19 @@ CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=24, intermediate_size=128,
         tie_word_embeddings=False, rope_theta=1000000.0, rms_norm_eps=1e-6,
         max_position_embeddings=512), 5),
+    # Llama 3.1-style RoPE scaling (llama3 rope type) with a short original context, so
+    # most frequencies are scaled or blended.
+    "llama3_rope_scaling": ("LlamaForCausalLM", "LlamaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        tie_word_embeddings=True, rope_theta=500000.0, rms_norm_eps=1e-5,
+        max_position_embeddings=512,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=16)), 6),
+    # Mistral: Llama layout with a sliding window (longer than the test sequences).
+    "mistral_window": ("MistralForCausalLM", "MistralConfig", dict(
+        num_attention_heads=4, num_key_value_heads=1, intermediate_size=128,
+        tie_word_embeddings=False, rope_theta=1000000.0, rms_norm_eps=1e-5,
+        max_position_embeddings=512, sliding_window=128), 7),
 }
 
 
@@ -63,18 +76,20 @@ def make_config(name):
     _, cfg_cls, kwargs, _ = CONFIGS[name]
     kwargs = dict(kwargs)
     theta = kwargs.pop("rope_theta")
+    scaling = kwargs.pop("rope_scaling", None)
     common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                   bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     common.update(kwargs)
     cls = getattr(transformers, cfg_cls)
     # transformers v5 keeps RoPE settings in `rope_parameters`; v4 in `rope_theta`.
     try:
-        cfg = cls(**common, rope_parameters={"rope_type": "default", "rope_theta": theta})
+        rope = dict(scaling or {"rope_type": "default"}, rope_theta=theta)
+        cfg = cls(**common, rope_parameters=rope)
         rp = getattr(cfg, "rope_parameters", None)
         if not (isinstance(rp, dict) and rp.get("rope_theta") == theta):
             raise TypeError("rope_parameters not honoured")
     except TypeError:
-        cfg = cls(**common, rope_theta=theta)
+        cfg = cls(**common, rope_theta=theta, rope_scaling=scaling)
     cfg._attn_implementation = "eager"
     return cfg
 

@@ -222,7 +222,7 @@ void add_bench(CLI::App& app) {
       "Offline: llmctl bench --model DIR [--max-num-seqs C]\n"
       "Served:  llmctl bench --endpoint http://127.0.0.1:8000 --max-concurrency C [--model DIR]\n"
       "         (any OpenAI-compatible server; --model only sizes the random prompts' token ids)");
-  sub->add_option("--model", o->model, "Model directory")->check(CLI::ExistingDirectory);
+  sub->add_option("--model", o->model, "Model directory or .gguf file")->check(CLI::ExistingPath);
   auto* group = sub->add_option_group("Served (--endpoint)");
   group->add_option("--endpoint", o->load.endpoint,
                                      "Benchmark this OpenAI-compatible server instead (streaming /v1/completions)");

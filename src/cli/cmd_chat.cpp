@@ -38,8 +38,8 @@ struct Turn {
 
 class ChatSession {
  public:
-  ChatSession(Engine& engine, ChatFormat format, SamplingParams params, bool raw, bool stream)
-      : engine_(engine), tok_(engine.tokenizer_ptr()), format_(format), params_(std::move(params)), raw_(raw),
+  ChatSession(Engine& engine, ChatTemplate tmpl, SamplingParams params, bool raw, bool stream)
+      : engine_(engine), tok_(engine.tokenizer_ptr()), tmpl_(std::move(tmpl)), params_(std::move(params)), raw_(raw),
         stream_(stream) {}
 
   void set_system(const std::string& s) {
@@ -65,7 +65,7 @@ class ChatSession {
     std::vector<Message> turn;
     if (ids.empty() && !system_.empty()) turn.push_back({"system", system_});
     turn.push_back({"user", user});
-    const auto more = tok_->encode(render_chat(turn, format_, true));
+    const auto more = tok_->encode(tmpl_.render(turn, true, /*start_of_conversation=*/history_.empty()));
     ids.insert(ids.end(), more.begin(), more.end());
     return ids;
   }
@@ -75,7 +75,7 @@ class ChatSession {
   // token for token and hits the prefix cache. Only an answer cut by a stop string is
   // re-tokenised from the text shown, since its tokens carry the stop string.
   void remember(const std::vector<int>& prompt, const RequestOutput& out) {
-    const auto& fmt = chat_format_info(format_);
+    const auto& fmt = tmpl_.info();
     history_ = prompt;
     const int end = tok_->piece_to_id(fmt.end_token);
     auto ids = out.output_token_ids;
@@ -121,7 +121,7 @@ class ChatSession {
 
   Engine& engine_;
   const Tokenizer* tok_;  // null for tokenizer-less model dirs (--prompt-ids only)
-  ChatFormat format_;
+  ChatTemplate tmpl_;
   SamplingParams params_;
   bool raw_, stream_;
   std::string system_;
@@ -159,7 +159,7 @@ void add_chat(CLI::App& app) {
   sub->footer(
       "REPL commands: /reset (forget the conversation), /system TEXT (new system prompt, resets), /exit.\n"
       "Ctrl-C stops the current answer; Ctrl-D or /exit leaves.");
-  sub->add_option("--model", o->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  sub->add_option("--model", o->model, "Model directory or .gguf file")->required()->check(CLI::ExistingPath);
   sub->add_option("--prompt", o->prompt, "Answer this once and exit");
   auto* ids = sub->add_option("--prompt-ids", o->prompt_ids,
                               "Complete these comma-separated token ids once and exit (no template, no tokenizer needed)");
@@ -170,10 +170,12 @@ void add_chat(CLI::App& app) {
   o->sampling.add_to(sub);
   o->engine.add_to(sub);
   sub->callback([o] {
-    const auto params = o->sampling.get();
+    o->sampling.get();  // flag errors before the (slow) model load
     install_sigint_handler();  // from the start: Ctrl-C while loading must not kill the REPL
     Engine engine(o->model, o->engine.get());
-    ChatSession chat(engine, detect_chat_format(o->model), params, o->raw, !o->json);
+    // Sampling flags left unset take the model's generation_config.json defaults.
+    const auto params = o->sampling.get(&engine.model_config().generation);
+    ChatSession chat(engine, engine.chat_template(), params, o->raw, !o->json);
     if (!o->prompt_ids.empty()) {
       auto t = chat.complete(parse_id_list(o->prompt_ids, "--prompt-ids"));
       if (o->json)

@@ -59,7 +59,7 @@ void add_eval(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("eval", "Perplexity on held-out data (--data) or per-token log-probs of a text (--text)");
-  sub->add_option("--model", o->model, "Model directory")->required();
+  sub->add_option("--model", o->model, "Model directory or .gguf file")->required();
   auto* data = sub->add_option("--data", o->data, "jsonl or text files to compute perplexity on")->check(CLI::ExistingFile);
   auto* text = sub->add_option("--text", o->text, "Score this text: token ids, log-probs, argmax ids");
   auto* ids = sub->add_option("--ids", o->ids, "Score these comma-separated token ids (no tokenizer needed)");
@@ -105,7 +105,7 @@ void add_eval(CLI::App& app) {
       print_scores(score_ids(model, v), o->json);
       return;
     }
-    auto tok = Tokenizer::load(o->model);
+    auto tok = load_tokenizer(o->model);
     if (*data) {
       o->ppl.progress = true;
       auto r = perplexity(model, tok, o->data, o->ppl);

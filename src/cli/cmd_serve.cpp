@@ -56,7 +56,7 @@ void add_serve(CLI::App& app) {
       "Routes: GET / (chat page), GET /health, GET /metrics (Prometheus), GET /v1/models,\n"
       "POST /v1/chat/completions, POST /v1/completions (both stream with \"stream\": true),\n"
       "POST /tokenize, POST /detokenize. SIGTERM/SIGINT: finish or cancel requests in flight, exit 0.");
-  sub->add_option("--model", o->model, "Model directory")->required()->check(CLI::ExistingDirectory);
+  sub->add_option("--model", o->model, "Model directory or .gguf file")->required()->check(CLI::ExistingPath);
   sub->add_option("--host", o->server.host, "Address to listen on (0.0.0.0: every interface)")->capture_default_str();
   sub->add_option("--port", o->server.port, "Port to listen on (0: any free port, printed at start)")
       ->capture_default_str()
@@ -102,7 +102,7 @@ void add_serve(CLI::App& app) {
     if (o->server.model_name.empty() || o->server.model_name == ".")
       o->server.model_name = std::filesystem::absolute(o->model).lexically_normal().parent_path().filename().string();
     serve::AsyncEngine async(std::move(engine), o->async);
-    serve::Server server(async, o->model, o->server);
+    serve::Server server(async, o->server);
     const int port = server.bind();
     log::info(cat("serving '", o->server.model_name, "' on http://", o->server.host, ":", port,
                   o->server.api_key.empty() ? "" : " (API key required)"));

@@ -23,6 +23,7 @@ void add_train(CLI::App& app);  // pretrain and sft
 void add_chat(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
+void add_convert(CLI::App& app);
 
 // Flags every model-running subcommand shares.
 struct RuntimeFlags {
@@ -41,7 +42,13 @@ struct SamplingFlags {
   SamplingParams params;
   std::int64_t seed = -1;  // < 0: random
   void add_to(CLI::App* sub);
-  SamplingParams get() const;  // validated
+  // Validated; with `defaults` (the model's generation_config.json), the sampling flags the
+  // user did not give take the model's values.
+  SamplingParams get(const GenerationDefaults* defaults = nullptr) const;
+
+ private:
+  CLI::Option *temperature_ = nullptr, *top_p_ = nullptr, *top_k_ = nullptr, *min_p_ = nullptr,
+              *repetition_penalty_ = nullptr;
 };
 
 // Engine sizing flags (KV pool, batch limits) plus --device/--dtype/--threads.

@@ -8,15 +8,21 @@ void SamplingFlags::add_to(CLI::App* sub) {
   params.top_p = 0.9f;
   params.max_new_tokens = 512;
   auto* g = sub->add_option_group("Sampling");
-  g->add_option("--temperature", params.temperature, "Softmax temperature; 0 = greedy")->capture_default_str();
-  g->add_option("--top-p", params.top_p, "Nucleus sampling: smallest set of tokens with this much probability")
-      ->capture_default_str();
-  g->add_option("--top-k", params.top_k, "Sample among the k most likely tokens (0: off)")->capture_default_str();
-  g->add_option("--min-p", params.min_p, "Drop tokens below min-p x the top probability (0: off)")
-      ->capture_default_str();
-  g->add_option("--repetition-penalty", params.repetition_penalty,
-                "Divide (positive) logits of tokens seen in prompt or output by this (1: off)")
-      ->capture_default_str();
+  // Unset, these five take the model's generation_config.json values (the defaults shown
+  // are for a model without one).
+  temperature_ = g->add_option("--temperature", params.temperature,
+                               "Softmax temperature; 0 = greedy (default: the model's generation_config.json)")
+                     ->capture_default_str();
+  top_p_ = g->add_option("--top-p", params.top_p,
+                         "Nucleus sampling: smallest set of tokens with this much probability (default: the model's)")
+               ->capture_default_str();
+  top_k_ = g->add_option("--top-k", params.top_k, "Sample among the k most likely tokens (0: off; default: the model's)")
+               ->capture_default_str();
+  min_p_ = g->add_option("--min-p", params.min_p, "Drop tokens below min-p x the top probability (0: off)")
+               ->capture_default_str();
+  repetition_penalty_ = g->add_option("--repetition-penalty", params.repetition_penalty,
+                                      "Divide (positive) logits of tokens seen in prompt or output by this (1: off)")
+                            ->capture_default_str();
   g->add_option("--presence-penalty", params.presence_penalty, "Subtract from logits of generated tokens (0: off)")
       ->capture_default_str();
   g->add_option("--frequency-penalty", params.frequency_penalty,
@@ -29,8 +35,14 @@ void SamplingFlags::add_to(CLI::App* sub) {
   g->add_flag("--ignore-eos", params.ignore_eos, "Keep generating past end-of-sequence tokens (until --max-new-tokens)");
 }
 
-SamplingParams SamplingFlags::get() const {
+SamplingParams SamplingFlags::get(const GenerationDefaults* defaults) const {
   SamplingParams p = params;
+  auto unset = [&](const CLI::Option* o) { return defaults && o && o->count() == 0; };
+  if (unset(temperature_)) p.temperature = static_cast<float>(defaults->effective_temperature());
+  if (unset(top_p_)) p.top_p = static_cast<float>(defaults->top_p);
+  if (unset(top_k_)) p.top_k = static_cast<int>(defaults->top_k);
+  if (unset(min_p_)) p.min_p = static_cast<float>(defaults->min_p);
+  if (unset(repetition_penalty_)) p.repetition_penalty = static_cast<float>(defaults->repetition_penalty);
   if (seed >= 0) p.seed = static_cast<std::uint64_t>(seed);
   p.validate();
   return p;

@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   llmctl::cli::add_chat(app);
   llmctl::cli::add_bench(app);
   llmctl::cli::add_serve(app);
+  llmctl::cli::add_convert(app);
 
   try {
     app.parse(argc, argv);

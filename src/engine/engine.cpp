@@ -7,9 +7,11 @@
 #include "llmctl/engine/model_runner.h"
 #include "llmctl/engine/scheduler.h"
 #include "llmctl/engine/text_stream.h"
+#include "llmctl/convert/gguf_convert.h"
 #include "llmctl/io/model_dir.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
+#include "llmctl/util/log.h"
 #include "llmctl/util/memory.h"
 
 namespace llmctl {
@@ -35,7 +37,13 @@ Engine::Engine(const std::string& model_dir, const EngineConfig& cfg) : cfg_(cfg
   model_cfg_ = load_model_config(model_dir);
   if (cfg_.max_model_len <= 0)
     cfg_.max_model_len = static_cast<int>(std::min<std::int64_t>(model_cfg_.max_position_embeddings, 8192));
-  if (Tokenizer::exists_in(model_dir)) tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(model_dir));
+  if (is_gguf_file(model_dir) || Tokenizer::exists_in(model_dir)) {
+    tokenizer_ = std::make_unique<Tokenizer>(load_tokenizer(model_dir));
+    chat_template_ = ChatTemplate::from_template(tokenizer_->chat_template());
+    if (!chat_template_.recognised)
+      log::warn(model_dir + ": its chat_template is not a family llmctl knows (ChatML, Llama 2, Llama 3); "
+                "conversations are rendered as ChatML");
+  }
   for (auto id : model_cfg_.eos_token_ids) eos_ids_.push_back(static_cast<int>(id));
   if (tokenizer_ && tokenizer_->eos_id() >= 0 &&
       std::find(eos_ids_.begin(), eos_ids_.end(), tokenizer_->eos_id()) == eos_ids_.end())

@@ -68,7 +68,7 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
     layers_.push_back(std::move(L));
   }
   auto positions = torch::arange(max_model_len, torch::TensorOptions().dtype(torch::kInt64).device(opts.device()));
-  std::tie(rope_cos_, rope_sin_) = rope_cos_sin(positions, cfg_.head_dim, cfg_.rope_theta);
+  std::tie(rope_cos_, rope_sin_) = rope_cos_sin(positions, cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
 }
 
 torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const std::vector<bool>& wants_logits) {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "llmctl/convert/gguf_convert.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
@@ -28,19 +29,42 @@ std::string hf_dtype_name(torch::ScalarType t) {
   }
 }
 
+namespace {
+
+// True when the directory's weights carry per-head q/k RMSNorm weights (only the
+// safetensors headers are read).
+bool has_qk_norm_weights(const std::string& dir) {
+  for (const auto& file : safetensors_files(dir)) {
+    SafetensorsFile f(file);
+    if (f.contains("model.layers.0.self_attn.q_norm.weight")) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 ModelConfig load_model_config(const std::string& dir) {
+  if (is_gguf_file(dir)) return read_gguf_config(dir);
   fs::path p = fs::path(dir) / "config.json";
   if (!fs::is_directory(dir)) throw Error(dir + ": not a model directory");
   if (!fs::exists(p)) throw Error(dir + ": no config.json");
   auto j = nlohmann::json::parse(read_file(p.string()), nullptr, false);
   if (j.is_discarded()) throw Error(p.string() + ": not valid JSON");
   auto cfg = ModelConfig::from_json(j, p.string());
-  // generation_config.json's eos ids win: they are what stops generation.
+  // minimind's own config.json says model_type "minimind" for MiniMind2 (Llama layout) and
+  // minimind-3 (per-head q/k norms, Qwen3 layout) alike: the weights tell them apart.
+  if (j.value("model_type", "") == "minimind" && has_qk_norm_weights(dir)) {
+    cfg.model_type = "qwen3";
+    cfg.qk_norm = true;
+  }
+  // generation_config.json's eos ids win: they are what stops generation. Its sampling
+  // keys become the defaults of chat and serve; without the file, vLLM's defaults apply.
   fs::path g = fs::path(dir) / "generation_config.json";
+  cfg.generation = GenerationDefaults{};
   if (fs::exists(g)) {
     auto gj = nlohmann::json::parse(read_file(g.string()), nullptr, false);
     if (gj.is_discarded()) throw Error(g.string() + ": not valid JSON");
-    if (!gj.is_object()) throw Error(g.string() + ": not a JSON object");
+    cfg.generation = GenerationDefaults::from_json(gj, g.string());
     if (gj.contains("eos_token_id") && !gj["eos_token_id"].is_null())
       cfg.eos_token_ids = parse_eos_ids(gj["eos_token_id"], g.string());
   }
@@ -72,7 +96,20 @@ void load_weights(CausalLM& model, const std::map<std::string, torch::Tensor>& t
   }
 }
 
+Tokenizer load_tokenizer(const std::string& path) {
+  if (is_gguf_file(path)) return read_gguf_tokenizer(path);
+  return Tokenizer::load(path);
+}
+
 CausalLM load_model(const std::string& dir, const torch::Device& device, torch::ScalarType dtype) {
+  if (is_gguf_file(dir)) {
+    auto gm = import_gguf(dir);
+    CausalLM model(gm.config);
+    load_weights(model, gm.tensors, dir);
+    model->to(device, dtype);
+    model->eval();
+    return model;
+  }
   auto cfg = load_model_config(dir);
   CausalLM model(cfg);
   load_weights(model, load_safetensors_dir(dir), dir);
@@ -109,6 +146,8 @@ void save_model(const CausalLM& model, const std::string& dir, const SaveOptions
         }
       }
       if (!any) throw Error(opt.tokenizer_dir + ": no tokenizer files to copy");
+    } else if (opt.tokenizer) {
+      opt.tokenizer->save(staging);
     }
     if (opt.extra_files) opt.extra_files(staging);
     replace_dir(staging, dir);

@@ -159,12 +159,20 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   f.commit();
 }
 
-std::map<std::string, torch::Tensor> load_safetensors_dir(const std::string& dir) {
-  namespace fs = std::filesystem;
+namespace {
+
+// The files of a model directory's weights, and (sharded) which file the index says holds
+// each tensor.
+struct WeightFiles {
   std::vector<std::string> files;
+  std::map<std::string, std::string> expected;  // tensor -> shard, from the index
+};
+
+WeightFiles weight_files(const std::string& dir) {
+  namespace fs = std::filesystem;
+  WeightFiles w;
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   const fs::path single = fs::path(dir) / "model.safetensors";
-  std::map<std::string, std::string> expected;  // tensor -> shard, from the index
   if (fs::exists(index)) {
     auto j = nlohmann::json::parse(read_file(index.string()), nullptr, false);
     if (j.is_discarded() || !j.contains("weight_map") || !j["weight_map"].is_object())
@@ -174,18 +182,30 @@ std::map<std::string, torch::Tensor> load_safetensors_dir(const std::string& dir
       if (!shard.is_string()) throw Error(index.string() + ": weight_map['" + name + "'] is not a file name");
       auto s = shard.get<std::string>();
       if (s.find('/') != std::string::npos || s == "..") throw Error(index.string() + ": shard name '" + s + "' is not a plain file name");
-      expected[name] = s;
+      w.expected[name] = s;
       shards.insert(s);
     }
-    for (const auto& s : shards) files.push_back((fs::path(dir) / s).string());
+    for (const auto& s : shards) {
+      const auto file = (fs::path(dir) / s).string();
+      if (!fs::exists(file)) throw Error("shard " + file + " listed in the index does not exist");
+      w.files.push_back(file);
+    }
   } else if (fs::exists(single)) {
-    files.push_back(single.string());
+    w.files.push_back(single.string());
   } else {
     throw Error(dir + ": no model.safetensors or model.safetensors.index.json");
   }
+  return w;
+}
+
+}  // namespace
+
+std::vector<std::string> safetensors_files(const std::string& dir) { return weight_files(dir).files; }
+
+std::map<std::string, torch::Tensor> load_safetensors_dir(const std::string& dir) {
+  const auto [files, expected] = weight_files(dir);
   std::map<std::string, torch::Tensor> out;
   for (const auto& file : files) {
-    if (!fs::exists(file)) throw Error("shard " + file + " listed in the index does not exist");
     SafetensorsFile st(file);
     for (const auto& e : st.entries()) {
       if (out.count(e.name)) throw Error(file + ": tensor '" + e.name + "' appears in more than one shard");

@@ -24,6 +24,30 @@ T get_field(const nlohmann::json& j, const char* key, T fallback, const std::str
   }
 }
 
+RopeScaling parse_rope_scaling(const nlohmann::json& j, const std::string& source) {
+  RopeScaling r;
+  // transformers v4 writes "rope_scaling"; v5 folds it into "rope_parameters".
+  auto it = j.find("rope_scaling");
+  if (it == j.end() || it->is_null()) it = j.find("rope_parameters");
+  if (it == j.end() || it->is_null()) return r;
+  if (!it->is_object()) throw Error(source + ": field \"" + it.key() + "\" must be an object or null");
+  const auto& o = *it;
+  r.type = get_field<std::string>(o, "rope_type", get_field<std::string>(o, "type", "default", source), source);
+  if (r.type == "default") return RopeScaling{};
+  if (r.type != "linear" && r.type != "llama3")
+    throw Error(source + ": rope_scaling type \"" + r.type + "\" is not supported (linear, llama3)");
+  r.factor = get_field<double>(o, "factor", 1.0, source);
+  if (!(r.factor > 0)) throw Error(source + ": rope_scaling.factor must be positive");
+  if (r.type == "llama3") {
+    r.low_freq_factor = get_field<double>(o, "low_freq_factor", 1.0, source);
+    r.high_freq_factor = get_field<double>(o, "high_freq_factor", 4.0, source);
+    r.original_max_position_embeddings = get_field<std::int64_t>(o, "original_max_position_embeddings", 8192, source);
+    if (!(r.high_freq_factor > r.low_freq_factor) || r.low_freq_factor <= 0 || r.original_max_position_embeddings <= 0)
+      throw Error(source + ": rope_scaling needs 0 < low_freq_factor < high_freq_factor and a positive original_max_position_embeddings");
+  }
+  return r;
+}
+
 }  // namespace
 
 std::int64_t minimind_ffn_size(std::int64_t hidden) {
@@ -68,6 +92,12 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object())  // transformers v5
     c.rope_theta = get_field<double>(j["rope_parameters"], "rope_theta", c.rope_theta, source);
   c.rms_norm_eps = get_field<double>(j, "rms_norm_eps", 1e-6, source);
+  c.rope_scaling = parse_rope_scaling(j, source);
+  // Mistral's sliding window: llmctl attends to the whole context, which equals the window
+  // only up to its length, so the usable context stops there.
+  const auto window = get_field<std::int64_t>(j, "sliding_window", 0, source);
+  if (window > 0 && window < c.max_position_embeddings && get_field<bool>(j, "use_sliding_window", true, source))
+    c.max_position_embeddings = window;
   c.tie_word_embeddings = get_field<bool>(j, "tie_word_embeddings", c.model_type != "llama", source);
   c.initializer_range = get_field<double>(j, "initializer_range", 0.02, source);
   c.mlp_bias = get_field<bool>(j, "mlp_bias", false, source);
@@ -143,6 +173,14 @@ nlohmann::json ModelConfig::to_json() const {
       {"use_cache", true},
   };
   j["eos_token_id"] = eos_token_ids.size() == 1 ? nlohmann::json(eos_token_ids[0]) : nlohmann::json(eos_token_ids);
+  if (!rope_scaling.type.empty()) {
+    j["rope_scaling"] = {{"rope_type", rope_scaling.type}, {"factor", rope_scaling.factor}};
+    if (rope_scaling.type == "llama3") {
+      j["rope_scaling"]["low_freq_factor"] = rope_scaling.low_freq_factor;
+      j["rope_scaling"]["high_freq_factor"] = rope_scaling.high_freq_factor;
+      j["rope_scaling"]["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+    }
+  }
   if (model_type == "llama") {
     j["attention_bias"] = attention_bias;
     j["mlp_bias"] = mlp_bias;
@@ -152,9 +190,30 @@ nlohmann::json ModelConfig::to_json() const {
   return j;
 }
 
+GenerationDefaults GenerationDefaults::from_json(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) throw Error(source + ": not a JSON object");
+  GenerationDefaults g;
+  g.do_sample = get_field<bool>(j, "do_sample", true, source);
+  g.temperature = get_field<double>(j, "temperature", g.temperature, source);
+  g.top_p = get_field<double>(j, "top_p", g.top_p, source);
+  g.top_k = get_field<std::int64_t>(j, "top_k", g.top_k, source);
+  g.min_p = get_field<double>(j, "min_p", g.min_p, source);
+  g.repetition_penalty = get_field<double>(j, "repetition_penalty", g.repetition_penalty, source);
+  if (g.temperature < 0) throw Error(source + ": \"temperature\" must not be negative");
+  if (!(g.top_p > 0 && g.top_p <= 1)) throw Error(source + ": \"top_p\" must be in (0, 1]");
+  if (g.top_k < 0) throw Error(source + ": \"top_k\" must not be negative");
+  if (!(g.min_p >= 0 && g.min_p <= 1)) throw Error(source + ": \"min_p\" must be in [0, 1]");
+  if (!(g.repetition_penalty > 0)) throw Error(source + ": \"repetition_penalty\" must be positive");
+  return g;
+}
+
 nlohmann::json ModelConfig::generation_json() const {
-  nlohmann::json j = {{"bos_token_id", bos_token_id}, {"pad_token_id", pad_token_id}, {"do_sample", true},
-                      {"temperature", 0.7}, {"top_p", 0.9}};
+  nlohmann::json j = {{"bos_token_id", bos_token_id}, {"pad_token_id", pad_token_id},
+                      {"do_sample", generation.do_sample}, {"temperature", generation.temperature},
+                      {"top_p", generation.top_p}};
+  if (generation.top_k > 0) j["top_k"] = generation.top_k;
+  if (generation.min_p > 0) j["min_p"] = generation.min_p;
+  if (generation.repetition_penalty != 1.0) j["repetition_penalty"] = generation.repetition_penalty;
   // eos_token_id here is what stops generation in transformers / vLLM: never omit it.
   j["eos_token_id"] = eos_token_ids.size() == 1 ? nlohmann::json(eos_token_ids[0]) : nlohmann::json(eos_token_ids);
   return j;

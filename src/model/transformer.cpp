@@ -1,5 +1,7 @@
 #include "llmctl/model/transformer.h"
 
+#include <cmath>
+
 #include "llmctl/kernels/rmsnorm.h"
 #include "llmctl/kernels/rope.h"
 #include "llmctl/kernels/swiglu.h"
@@ -14,12 +16,30 @@ RMSNormImpl::RMSNormImpl(std::int64_t dim, double eps_) : eps(eps_) {
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) { return kernels::rms_norm(x, weight, eps); }
 
+namespace {
+
+// HF's rope_scaling applied to the base frequencies (see RopeScaling).
+torch::Tensor scale_inv_freq(const torch::Tensor& inv_freq, const RopeScaling& s) {
+  if (s.type == "linear") return inv_freq / s.factor;
+  if (s.type != "llama3") return inv_freq;
+  const double old_len = static_cast<double>(s.original_max_position_embeddings);
+  const double low_wavelen = old_len / s.low_freq_factor, high_wavelen = old_len / s.high_freq_factor;
+  auto wavelen = 2 * M_PI / inv_freq;
+  auto scaled = torch::where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq);
+  auto smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  auto smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+  auto medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+  return torch::where(medium, smoothed, scaled);
+}
+
+}  // namespace
+
 std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& positions, std::int64_t head_dim,
-                                                     double theta) {
+                                                     double theta, const RopeScaling& scaling) {
   auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
   // inv_freq[i] = theta^(-2i/d), computed as HF does (int64 arange -> float).
   auto exponents = torch::arange(0, head_dim, 2, fopts.dtype(torch::kInt64)).to(torch::kFloat32) / head_dim;
-  auto inv_freq = 1.0 / torch::pow(theta, exponents);
+  auto inv_freq = scale_inv_freq(1.0 / torch::pow(theta, exponents), scaling);
   auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // [..., T, d/2]
   auto emb = torch::cat({freqs, freqs}, -1);
   return {emb.cos(), emb.sin()};
@@ -122,7 +142,7 @@ torch::Tensor CausalLMImpl::hidden_states(const torch::Tensor& input_ids, const 
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, seq]");
   auto pos = positions.defined() ? positions
                                  : torch::arange(input_ids.size(1), torch::TensorOptions().dtype(torch::kInt64).device(input_ids.device()));
-  auto [cos, sin] = rope_cos_sin(pos, cfg_.head_dim, cfg_.rope_theta);
+  auto [cos, sin] = rope_cos_sin(pos, cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
   auto h = model->embed_tokens->forward(input_ids);
   for (const auto& layer : *model->layers) h = layer->as<DecoderLayerImpl>()->forward(h, cos, sin);
   return model->norm->forward(h);

@@ -260,14 +260,16 @@ GenerationRequest parse_request(ApiKind kind, const std::string& body, const Ser
     read_prompt(o, req, model.vocab_size);
 
   SamplingParams& p = req.params;
-  p.temperature = static_cast<float>(read_number(o, "temperature", 1.0, 0.0, 2.0));
-  p.top_p = static_cast<float>(read_number(o, "top_p", 1.0, 0.0, 1.0, true));
-  const auto top_k = read_int(o, "top_k", 0, -1, 1 << 30);
+  const GenerationDefaults& d = model.defaults;
+  p.temperature = static_cast<float>(read_number(o, "temperature", d.effective_temperature(), 0.0, 2.0));
+  p.top_p = static_cast<float>(read_number(o, "top_p", d.top_p, 0.0, 1.0, true));
+  const auto top_k = read_int(o, "top_k", d.top_k, -1, 1 << 30);
   p.top_k = top_k < 0 ? 0 : static_cast<int>(top_k);
-  p.min_p = static_cast<float>(read_number(o, "min_p", 0.0, 0.0, 1.0));
+  p.min_p = static_cast<float>(read_number(o, "min_p", d.min_p, 0.0, 1.0));
   p.presence_penalty = static_cast<float>(read_number(o, "presence_penalty", 0.0, -2.0, 2.0));
   p.frequency_penalty = static_cast<float>(read_number(o, "frequency_penalty", 0.0, -2.0, 2.0));
-  p.repetition_penalty = static_cast<float>(read_number(o, "repetition_penalty", 1.0, 0.0, 10.0, true));
+  p.repetition_penalty =
+      static_cast<float>(read_number(o, "repetition_penalty", d.repetition_penalty, 0.0, 10.0, true));
   if (const json* s = field(o, "seed")) {
     if (!s->is_number_integer()) throw bad("seed", "'seed' must be an integer");
     p.seed = s->is_number_unsigned() ? s->get<std::uint64_t>() : static_cast<std::uint64_t>(s->get<std::int64_t>());

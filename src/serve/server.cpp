@@ -122,7 +122,7 @@ struct Server::Impl {
   AsyncEngine& engine;
   ServerConfig cfg;
   const Tokenizer& tok;
-  ChatFormat format;
+  const ChatTemplate& chat;
   ServedModel model;
   httplib::Server http;
   std::atomic<bool> draining{false};
@@ -131,12 +131,13 @@ struct Server::Impl {
   std::mutex shutdown_m;
   bool shutdown_started = false;
 
-  Impl(AsyncEngine& e, const std::string& model_dir, const ServerConfig& c)
-      : engine(e), cfg(c), tok(e.engine().tokenizer()), format(detect_chat_format(model_dir)) {
+  Impl(AsyncEngine& e, const ServerConfig& c)
+      : engine(e), cfg(c), tok(e.engine().tokenizer()), chat(e.engine().chat_template()) {
     model.name = cfg.model_name;
     model.max_model_len = e.engine().config().max_model_len;
     model.vocab_size = static_cast<int>(e.engine().model_config().vocab_size);
     model.max_n = std::min(16, e.capacity());
+    model.defaults = e.engine().model_config().generation;
     model.created = std::chrono::duration_cast<std::chrono::seconds>(
                         std::chrono::system_clock::now().time_since_epoch())
                         .count();
@@ -224,7 +225,7 @@ struct Server::Impl {
     http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
       try {
         const auto r = parse_tokenize_request(req.body);
-        const auto ids = tok.encode(r.messages.empty() ? r.prompt : render_chat(r.messages, format, r.add_generation_prompt));
+        const auto ids = tok.encode(r.messages.empty() ? r.prompt : chat.render(r.messages, r.add_generation_prompt));
         send_json(res, 200, {{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}});
       } catch (const ApiError& e) {
         send_error(res, e);
@@ -255,7 +256,7 @@ struct Server::Impl {
       g->req = parse_request(kind, req.body, model);
       std::vector<std::vector<int>> prompts;
       if (kind == ApiKind::Chat) {
-        prompts.push_back(tok.encode(render_chat(g->req.messages, format, true)));
+        prompts.push_back(tok.encode(chat.render(g->req.messages, true)));
       } else {
         for (const auto& t : g->req.prompt_texts) prompts.push_back(tok.encode(t));
         for (const auto& ids : g->req.prompt_ids) prompts.push_back(ids);
@@ -357,8 +358,7 @@ struct Server::Impl {
   double request_timeout_s() const { return engine.config().request_timeout_s; }
 };
 
-Server::Server(AsyncEngine& engine, const std::string& model_dir, const ServerConfig& cfg)
-    : impl_(std::make_unique<Impl>(engine, model_dir, cfg)) {}
+Server::Server(AsyncEngine& engine, const ServerConfig& cfg) : impl_(std::make_unique<Impl>(engine, cfg)) {}
 
 Server::~Server() = default;
 

@@ -239,7 +239,7 @@ TrainResult train(const TrainOptions& opt) {
   }
   std::string tok_dir = model_dir.empty() ? opt.tokenizer : model_dir;
   if (tok_dir.empty()) throw Error("--tokenizer is required when training from a preset or config");
-  auto tok = Tokenizer::load(tok_dir);
+  auto tok = load_tokenizer(tok_dir);
   CausalLM model{nullptr};
   if (!model_dir.empty()) {
     model = load_model(model_dir, torch::kCPU, torch::kFloat32);
@@ -331,6 +331,7 @@ TrainResult train(const TrainOptions& opt) {
     SaveOptions so;
     so.dtype = torch::kFloat32;  // master weights: resuming must not lose precision
     so.tokenizer_dir = tok.source_dir();
+    so.tokenizer = &tok;  // a tokenizer without files of its own (from a GGUF) writes them
     if (with_state)
       so.extra_files = [&](const std::string& staging) {
         torch::save(optimizer, staging + "/optimizer.pt");

@@ -13,6 +13,7 @@
 
 #include "llmctl/engine/sampling.h"
 #include "llmctl/model/config.h"
+#include "llmctl/tokenizer/chat_format.h"
 
 namespace llmctl {
 
@@ -77,6 +78,8 @@ class Engine {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const Tokenizer* tokenizer_ptr() const { return tokenizer_.get(); }
   const ModelConfig& model_config() const { return model_cfg_; }
+  // How conversations become prompts for this model (from its tokenizer's chat_template).
+  const ChatTemplate& chat_template() const { return chat_template_; }
   const EngineConfig& config() const { return cfg_; }
   EngineStats stats() const;
   int num_free_blocks() const;
@@ -93,6 +96,7 @@ class Engine {
 
   EngineConfig cfg_;
   ModelConfig model_cfg_;
+  ChatTemplate chat_template_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<BlockManager> blocks_;

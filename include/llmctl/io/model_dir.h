@@ -13,7 +13,13 @@
 
 namespace llmctl {
 
-ModelConfig load_model_config(const std::string& dir);
+class Tokenizer;
+
+// Models load from an HF directory or, everywhere a model path is taken, from a .gguf file
+// (llama architecture; quantized tensors dequantized, see convert/gguf_convert.h).
+ModelConfig load_model_config(const std::string& path);
+// The model's tokenizer: the directory's tokenizer files, or the GGUF's vocabulary.
+Tokenizer load_tokenizer(const std::string& path);
 
 // Copies `tensors` into the model's parameters (converting dtype). Every parameter must
 // be present with the right shape; unexpected tensors are errors except a tied
@@ -22,12 +28,13 @@ void load_weights(CausalLM& model, const std::map<std::string, torch::Tensor>& t
                   const std::string& source);
 
 // Builds the model from DIR and loads its weights onto `device` in `dtype`.
-CausalLM load_model(const std::string& dir, const torch::Device& device = torch::kCPU,
+CausalLM load_model(const std::string& path, const torch::Device& device = torch::kCPU,
                     torch::ScalarType dtype = torch::kFloat32);
 
 struct SaveOptions {
   torch::ScalarType dtype = torch::kFloat32;  // dtype of the saved weights
   std::string tokenizer_dir;                  // tokenizer files copied from here if set
+  const Tokenizer* tokenizer = nullptr;       // else, if set, written with Tokenizer::save
   std::map<std::string, std::string> metadata;
   // Called with the staging directory before it is swapped in, to add files that must
   // appear atomically with the model (a checkpoint's optimizer and trainer state).

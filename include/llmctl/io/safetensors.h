@@ -53,6 +53,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 // Every tensor of a model directory: model.safetensors, or the shards listed in
 // model.safetensors.index.json. Tensors are zero-copy views of the mapped files.
 std::map<std::string, torch::Tensor> load_safetensors_dir(const std::string& dir);
+// The safetensors files holding a model directory's weights (one, or the index's shards).
+std::vector<std::string> safetensors_files(const std::string& dir);
 
 // safetensors dtype name <-> torch dtype; throws on unsupported names.
 torch::ScalarType safetensors_dtype(const std::string& name);

@@ -9,6 +9,31 @@
 
 namespace llmctl {
 
+// generation_config.json's sampling defaults: what chat and serve use for a flag or request
+// field the user left unset (vLLM's rule). Absent keys keep vLLM's defaults.
+struct GenerationDefaults {
+  bool do_sample = true;       // false: greedy
+  double temperature = 1.0;
+  double top_p = 1.0;
+  std::int64_t top_k = 0;      // 0: off (transformers' 50 is not applied unless the file says so)
+  double min_p = 0.0;
+  double repetition_penalty = 1.0;
+
+  // Reads the sampling keys of a generation_config.json object; wrong types name the key.
+  static GenerationDefaults from_json(const nlohmann::json& j, const std::string& source);
+  // The temperature to sample with by default (0 when do_sample is false).
+  double effective_temperature() const { return do_sample ? temperature : 0.0; }
+};
+
+// config.json's rope_scaling: "linear" divides every frequency by factor; "llama3" (Llama 3.1+)
+// divides only the long-wavelength ones and blends between (HF's _compute_llama3_parameters).
+struct RopeScaling {
+  std::string type;  // "" (none) | "linear" | "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  std::int64_t original_max_position_embeddings = 8192;
+};
+
 struct ModelConfig {
   std::string model_type = "llama";  // llama | qwen2 | qwen3
   std::int64_t vocab_size = 6400;
@@ -21,6 +46,7 @@ struct ModelConfig {
   std::int64_t max_position_embeddings = 32768;
   double rope_theta = 1e6;
   double rms_norm_eps = 1e-5;
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = true;
   bool attention_bias = false;  // bias on q,k,v (Qwen2 always; Llama's o_proj too)
   bool o_proj_bias = false;     // Llama's attention_bias covers o_proj as well
@@ -31,6 +57,8 @@ struct ModelConfig {
   std::vector<std::int64_t> eos_token_ids = {2};
   std::int64_t pad_token_id = 0;
   std::string torch_dtype = "float32";
+  // llmctl's own models sample at 0.7 / 0.9 unless their generation_config.json says otherwise.
+  GenerationDefaults generation{true, 0.7, 0.9, 0, 0.0, 1.0};
 
   // Parses an HF config.json; unknown model types and inconsistent shapes are errors
   // that name the field. `source` names the file in messages.

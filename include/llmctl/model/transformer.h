@@ -26,7 +26,7 @@ TORCH_MODULE(RMSNorm);
 // RoPE tables for the given positions ([T] or [B, T]): cos and sin of shape [..., T, head_dim]
 // in HF's rotate-half layout (the half-dim frequencies repeated twice), computed in fp32.
 std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& positions, std::int64_t head_dim,
-                                                     double theta);
+                                                     double theta, const RopeScaling& scaling = {});
 // x: [B, heads, T, head_dim]; cos/sin: [T, head_dim] or [B, T, head_dim].
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 

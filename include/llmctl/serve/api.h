@@ -13,6 +13,7 @@
 
 #include "llmctl/data/jsonl.h"
 #include "llmctl/engine/sampling.h"
+#include "llmctl/model/config.h"
 
 namespace llmctl {
 class Tokenizer;
@@ -37,6 +38,8 @@ struct ServedModel {
   int max_n = 16;          // most choices per request
   int max_logprobs = 20;   // most top_logprobs alternatives
   std::int64_t created = 0;
+  // Request fields left out take these (the model's generation_config.json, vLLM's rule).
+  GenerationDefaults defaults;
 };
 
 enum class ApiKind { Chat, Completion };

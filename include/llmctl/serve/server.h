@@ -22,7 +22,7 @@ struct ServerConfig {
 
 class Server {
  public:
-  Server(AsyncEngine& engine, const std::string& model_dir, const ServerConfig& cfg);
+  Server(AsyncEngine& engine, const ServerConfig& cfg);
   ~Server();
   // Binds the listening socket; returns the port. Throws llmctl::Error when it cannot.
   int bind();
