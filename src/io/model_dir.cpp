@@ -4,7 +4,6 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "llmctl/convert/gguf_convert.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
@@ -44,7 +43,7 @@ bool has_qk_norm_weights(const std::string& dir) {
 }  // namespace
 
 ModelConfig load_model_config(const std::string& dir) {
-  if (is_gguf_file(dir)) return read_gguf_config(dir);
+  // GGUF-DISPATCH: if (is_gguf_file(dir)) return read_gguf_config(dir);
   fs::path p = fs::path(dir) / "config.json";
   if (!fs::is_directory(dir)) throw Error(dir + ": not a model directory");
   if (!fs::exists(p)) throw Error(dir + ": no config.json");
@@ -97,19 +96,19 @@ void load_weights(CausalLM& model, const std::map<std::string, torch::Tensor>& t
 }
 
 Tokenizer load_tokenizer(const std::string& path) {
-  if (is_gguf_file(path)) return read_gguf_tokenizer(path);
+  // GGUF-DISPATCH: if (is_gguf_file(path)) return read_gguf_tokenizer(path);
   return Tokenizer::load(path);
 }
 
 CausalLM load_model(const std::string& dir, const torch::Device& device, torch::ScalarType dtype) {
-  if (is_gguf_file(dir)) {
+  /* GGUF-DISPATCH: if (is_gguf_file(dir)) {
     auto gm = import_gguf(dir);
     CausalLM model(gm.config);
     load_weights(model, gm.tensors, dir);
     model->to(device, dtype);
     model->eval();
     return model;
-  }
+  } */
   auto cfg = load_model_config(dir);
   CausalLM model(cfg);
   load_weights(model, load_safetensors_dir(dir), dir);
