@@ -6,6 +6,7 @@
 #include <random>
 
 #include "llmctl/data/jsonl.h"
+#include "llmctl/io/gguf.h"
 #include "llmctl/io/model_dir.h"
 #include "llmctl/io/safetensors.h"
 #include "llmctl/serve/api.h"
@@ -66,6 +67,44 @@ TEST(Fuzz, SafetensorsReader) {
           for (const auto& e : f.entries()) (void)f.tensor(e.name).sum().item<double>();  // touch the bytes
         },
         "safetensors", i);
+  }
+}
+
+TEST(Fuzz, GgufReader) {
+  TempDir dir;
+  const std::string good_path = dir.path + "/good.gguf";
+  GgufWriter w;
+  w.add_string("general.architecture", "llama");
+  w.add_u32("llama.block_count", 2);
+  w.add_f32("llama.rope.freq_base", 10000.0f);
+  w.add_string_array("tokenizer.ggml.tokens", {"<s>", "a", "bc"});
+  w.add_f32_array("tokenizer.ggml.scores", {0.0f, -1.0f, -2.0f});
+  w.add("nested", GgufValue::array(GgufType::Array, {GgufValue::i32_array({1, 2})}));
+  std::mt19937 bytes_rng(5);
+  auto random_bytes = [&](std::size_t n) {
+    std::vector<std::uint8_t> b(n);
+    for (auto& c : b) c = static_cast<std::uint8_t>(bytes_rng() & 0x3b);  // keeps fp16 scales finite
+    return b;
+  };
+  w.add_tensor("q8", {2, 32}, GgmlType::Q8_0, random_bytes(68));
+  w.add_tensor("k4", {1, 256}, GgmlType::Q4_K, random_bytes(144));
+  w.add_tensor("h", {3}, GgmlType::F16, random_bytes(6));
+  w.write(good_path);
+  const std::string good = read_file(good_path);
+  const std::size_t header = GgufFile(good_path).data_offset();
+  std::mt19937 rng(4321);
+  const std::string p = dir.path + "/m.gguf";
+  for (int i = 0; i < 3000; ++i) {
+    write_file_atomic(p, mutate(good, rng, header));
+    expect_loads_or_clean_error(
+        [&] {
+          GgufFile f(p);
+          for (const auto& t : f.tensors()) {
+            std::vector<float> v(static_cast<std::size_t>(t.numel()));
+            f.read_f32(t.name, v.data());  // touch every byte
+          }
+        },
+        "gguf", i);
   }
 }
 
