@@ -11,6 +11,7 @@ APT_PACKAGES=(
   python3 python3-venv
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libgtest-dev
   libcpp-httplib-dev
+  libpcre2-dev libutf8proc-dev  # byte-level BPE tokenizer.json: pre-tokenizer regexes, Unicode normalizers
   chromium chromium-driver  # tests: the web chat page in headless Chromium
 )
 VENV=.venv

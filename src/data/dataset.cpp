@@ -32,7 +32,18 @@ std::string cache_key(const std::vector<std::string>& files, const Tokenizer& to
                       std::int64_t seq_len) {
   std::uint64_t h = 1469598103934665603ull;
   h = fnv1a(h, std::string(kMagic, 8) + (mode == SampleMode::Pretrain ? "pretrain" : "sft") + std::to_string(seq_len));
-  h = fnv1a(h, read_file(tok.source_dir() + "/tokenizer.model"));
+  // Whichever tokenizer files there are; a tokenizer built from a vocabulary (a GGUF's) has
+  // none, so its vocabulary and merges stand in.
+  bool any_file = false;
+  for (const char* f : {"/tokenizer.json", "/tokenizer.model"})
+    if (!tok.source_dir().empty() && path_exists(tok.source_dir() + f)) {
+      h = fnv1a(h, read_file(tok.source_dir() + f));
+      any_file = true;
+    }
+  if (!any_file) {
+    for (const auto& e : tok.vocabulary()) h = fnv1a(h, e.piece + '\n');
+    for (const auto& m : tok.merges()) h = fnv1a(h, m + '\n');
+  }
   for (const auto& f : files) {
     struct stat st {};
     if (::stat(f.c_str(), &st) != 0) throw Error("cannot open data file " + f);

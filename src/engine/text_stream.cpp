@@ -6,18 +6,6 @@ namespace llmctl {
 
 namespace {
 
-// The byte a sentencepiece byte-fallback piece ("<0xE4>") stands for, or -1.
-int piece_byte(const std::string& piece) {
-  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
-  auto hex = [](char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  const int hi = hex(piece[3]), lo = hex(piece[4]);
-  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
-}
-
 // Length of the UTF-8 sequence a lead byte announces; 0 for continuation / invalid bytes.
 int utf8_length(int b) {
   if (b < 0x80) return 1;
@@ -40,15 +28,22 @@ TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop
 }
 
 bool TextStream::ends_mid_character() const {
-  // Walk back over the trailing byte tokens: continuation bytes, then the lead byte that
-  // decides how many continuation bytes are still owed. Lenient on purpose (overlong forms
-  // are held too): holding a hopeless byte costs one token of delay, releasing a viable one
-  // would emit a U+FFFD that the full decode would not have.
+  // The bytes of the ids not decoded yet (a byte-level BPE token may hold part of a
+  // character, a sentencepiece byte piece one byte). Walk back over the trailing
+  // continuation bytes to the lead byte that says how many are owed. Lenient on purpose
+  // (overlong forms are held too): holding a hopeless byte costs one token of delay,
+  // releasing a viable one would emit a broken character the full decode would not have.
+  std::string tail;
+  for (std::size_t i = read_offset_; i < ids_.size(); ++i) {
+    if (tok_->is_special(ids_[i])) {
+      tail.clear();  // a special token ends any character
+      continue;
+    }
+    tail += tok_->token_bytes(ids_[i]);
+  }
   int continuation = 0;
-  for (std::size_t i = ids_.size(); i > read_offset_ && continuation < 4; --i) {
-    const int id = ids_[i - 1];
-    const int b = tok_->is_special(id) ? -1 : piece_byte(tok_->id_to_piece(id));
-    if (b < 0) return false;
+  for (std::size_t i = tail.size(); i > 0 && continuation < 4; --i) {
+    const int b = static_cast<unsigned char>(tail[i - 1]);
     if ((b & 0xC0) == 0x80) {
       ++continuation;
       continue;

@@ -391,23 +391,7 @@ ResponseMeta new_response_meta(ApiKind kind, const std::string& model) {
   return m;
 }
 
-std::string token_bytes(const Tokenizer& tok, int id) {
-  const std::string piece = tok.id_to_piece(id);
-  if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>')
-    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
-  if (tok.is_special(id)) return piece;
-  std::string out;
-  static const std::string marker = "\xE2\x96\x81";  // sentencepiece's ▁
-  for (std::size_t i = 0; i < piece.size();) {
-    if (piece.compare(i, marker.size(), marker) == 0) {
-      out += ' ';
-      i += marker.size();
-    } else {
-      out += piece[i++];
-    }
-  }
-  return out;
-}
+std::string token_bytes(const Tokenizer& tok, int id) { return tok.token_bytes(id); }
 
 namespace {
 

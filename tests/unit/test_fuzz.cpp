@@ -10,6 +10,7 @@
 #include "llmctl/io/model_dir.h"
 #include "llmctl/io/safetensors.h"
 #include "llmctl/serve/api.h"
+#include "llmctl/tokenizer/pretokenizer.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
 #include "test_helpers.h"
@@ -175,4 +176,98 @@ TEST(Fuzz, OpenAIRequestParser) {
     }
   }
   EXPECT_GT(parsed, 100);  // the mutations do not only produce garbage
+}
+
+// --- tokenizer.json ------------------------------------------------------------------------
+
+namespace {
+
+// A small byte-level BPE tokenizer.json (256 byte tokens, a few merges, specials) with an
+// NFC normalizer and a Split + ByteLevel pre-tokenizer, so mutations reach every parser.
+nlohmann::json fuzz_tokenizer_json() {
+  using nlohmann::json;
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[bpe::byte_to_chars(static_cast<unsigned char>(b))] = b;
+  const std::vector<std::string> merges = {"h e", "l l", "he ll", "hell o", "\xC4\xA0 w", "o r", "\xC4\xA0w or"};
+  int next = 256;
+  for (const auto& m : merges) {
+    const auto sp = m.find(' ');
+    vocab[m.substr(0, sp) + m.substr(sp + 1)] = next++;
+  }
+  return {{"added_tokens",
+           {{{"id", next}, {"content", "<|im_start|>"}, {"special", true}, {"lstrip", false}, {"rstrip", false},
+             {"single_word", false}, {"normalized", false}},
+            {{"id", next + 1}, {"content", "<x>"}, {"special", false}, {"lstrip", true}, {"rstrip", true},
+             {"single_word", true}, {"normalized", true}}}},
+          {"normalizer", {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}}}}},
+          {"pre_tokenizer",
+           {{"type", "Sequence"},
+            {"pretokenizers",
+             {{{"type", "Split"},
+               {"pattern", {{"Regex", R"((?i:'s|'t)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+(?!\S)|\s+)"}}},
+               {"behavior", "Isolated"},
+               {"invert", false}},
+              {{"type", "Digits"}, {"individual_digits", true}},
+              {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"use_regex", false}}}}}},
+          {"decoder", {{"type", "ByteLevel"}}},
+          {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"ignore_merges", false}}}};
+}
+
+std::string random_bytes(std::mt19937& rng, std::size_t max_len) {
+  // Mostly UTF-8 fragments (letters, CJK, combining marks, spaces), with raw bytes mixed in.
+  static const std::vector<std::string> parts = {"hello", " world", "你好", "e\xCC\x81", "  ", "\n", "123",
+                                                 "<|im_start|>", "<x>", "'s", "\xF0\x9F\x99\x82", "\t"};
+  std::string s;
+  const std::size_t n = rng() % max_len;
+  while (s.size() < n) {
+    if (rng() % 3 == 0)
+      s += static_cast<char>(rng());
+    else
+      s += parts[rng() % parts.size()];
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(Fuzz, TokenizerJsonLoaderAndEncoder) {
+  TempDir dir;
+  // The pipeline config first, the big vocabulary last: mutations favour the front.
+  const auto j = fuzz_tokenizer_json();
+  nlohmann::ordered_json o;
+  for (const char* k : {"added_tokens", "normalizer", "pre_tokenizer", "decoder", "model"}) o[k] = j[k];
+  const std::string good = o.dump(1);
+  const std::size_t hot = good.find("\"vocab\"");
+  std::mt19937 rng(2024);
+  int loaded = 0;
+  for (int i = 0; i < 3000; ++i) {
+    write_file_atomic(dir.path + "/tokenizer.json", mutate(good, rng, hot));
+    expect_loads_or_clean_error(
+        [&] {
+          auto t = Tokenizer::load(dir.path);
+          ++loaded;
+          for (int k = 0; k < 3; ++k) {
+            const std::string s = random_bytes(rng, 64);
+            const auto ids = t.encode(s);
+            (void)t.decode(ids);
+            for (int id : ids) (void)t.token_bytes(id);
+          }
+        },
+        "tokenizer.json", i);
+  }
+  EXPECT_GT(loaded, 80);  // the mutations do not only produce garbage (most break the JSON)
+}
+
+TEST(Fuzz, ByteLevelBpeEncodesAnyBytes) {
+  TempDir dir;
+  write_file_atomic(dir.path + "/tokenizer.json", fuzz_tokenizer_json().dump());
+  auto t = Tokenizer::load(dir.path);
+  std::mt19937 rng(77);
+  for (int i = 0; i < 3000; ++i) {
+    const std::string s = random_bytes(rng, 200);
+    std::vector<int> ids;
+    ASSERT_NO_THROW(ids = t.encode(s, i % 2 == 0)) << i;
+    for (int id : ids) ASSERT_TRUE(id >= 0 && id < t.vocab_size());
+    ASSERT_NO_THROW((void)t.decode(ids, i % 3 == 0));
+  }
 }
