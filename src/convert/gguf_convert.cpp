@@ -608,6 +608,7 @@ Tokenizer gguf_tokenizer(const GgufFile& f) {
     const std::string pre = f.has("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : "default";
     return Tokenizer::from_byte_level_bpe(vocab, f.get_string_array("tokenizer.ggml.merges"), pre, bos, eos, pad);
   }();
+  if (f.has("tokenizer.ggml.add_bos_token")) tok.set_add_bos(f.get_bool("tokenizer.ggml.add_bos_token") && bos >= 0);
   if (f.has("tokenizer.chat_template")) tok.set_chat_template(f.get_string("tokenizer.chat_template"));
   return tok;
 }

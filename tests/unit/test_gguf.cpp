@@ -695,6 +695,10 @@ TEST(GgufConvert, ExportImportF32IsExact) {
   EXPECT_EQ(g.tokenizer->vocab_size(), demo_tokenizer().vocab_size());
   const std::string text = "<|im_start|>user\nHello, how are you?<|im_end|>\n";
   EXPECT_EQ(g.tokenizer->encode(text), demo_tokenizer().encode(text));
+  EXPECT_EQ(g.tokenizer->add_bos(), demo_tokenizer().add_bos());
+  EXPECT_EQ(g.tokenizer->add_space_prefix(), demo_tokenizer().add_space_prefix());
+  EXPECT_EQ(g.tokenizer->chat_template(), demo_tokenizer().chat_template());
+  EXPECT_EQ(f.get_bool("tokenizer.ggml.add_bos_token"), demo_tokenizer().add_bos());
   EXPECT_EQ(read_gguf_config(out).hidden_size, 64);
   CausalLM back(g.config);
   load_weights(back, g.tensors, out);
@@ -893,4 +897,25 @@ TEST(GgufConvert, MutatedModelFilesImportOrFailCleanly) {
     }
   }
   EXPECT_GT(loaded, 0);  // most single-byte edits land in token text and still load
+}
+
+TEST(GgufConvert, TokenizerFlagsComeFromTheMetadata) {
+  TempDir dir;
+  save_tiny(dir.path + "/model", tiny_config());
+  export_gguf(dir.path + "/model", dir.path + "/m.gguf", {"f32"});
+  GgufFile src(dir.path + "/m.gguf");
+  const bool add_bos = src.get_bool("tokenizer.ggml.add_bos_token");
+  GgufWriter w;
+  for (const auto& [k, v] : src.metadata()) {
+    if (k == "tokenizer.ggml.add_bos_token") w.add_bool(k, !add_bos);
+    else if (k == "tokenizer.chat_template") w.add_string(k, "{{ custom }}");
+    else w.add(k, v);
+  }
+  for (const auto& t : src.tensors())
+    w.add_tensor(t.name, t.shape, t.type,
+                 std::vector<std::uint8_t>(src.tensor_data(t.name), src.tensor_data(t.name) + t.bytes));
+  w.write(dir.path + "/flipped.gguf");
+  const auto tok = read_gguf_tokenizer(dir.path + "/flipped.gguf");
+  EXPECT_EQ(tok.add_bos(), !add_bos && demo_tokenizer().bos_id() >= 0);  // no BOS to add without one
+  EXPECT_EQ(tok.chat_template(), "{{ custom }}");
 }
