@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "common.h"
+#include "llmctl/convert/gguf_convert.h"
 #include "llmctl/convert/hf_export.h"
 #include "llmctl/io/model_dir.h"
 #include "llmctl/util/error.h"
@@ -76,9 +77,8 @@ void add_convert(CLI::App& app) {
       opt.dtype = o->dtype.empty() ? "f16" : o->dtype;
       if (opt.dtype != "f32" && opt.dtype != "f16" && opt.dtype != "bf16" && opt.dtype != "q8_0" && opt.dtype != "q4_0")
         throw Error("--dtype for gguf must be f32, f16, bf16, q8_0 or q4_0, not '" + opt.dtype + "'");
-      // GGUF-DISPATCH: if (is_gguf_file(o->model)) throw Error("--model is already a GGUF file");
       log::info("converting " + o->model + " to GGUF " + o->out + " (" + opt.dtype + ")");
-      // GGUF-DISPATCH: export_gguf(o->model, o->out, opt);
+      export_gguf(o->model, o->out, opt);
       summary["dtype"] = opt.dtype;
     }
     summary["bytes"] = path_bytes(o->out);

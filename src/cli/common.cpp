@@ -53,7 +53,8 @@ std::vector<int> parse_id_list(const std::string& s, const std::string& flag) {
   return ids;
 }
 
-void print_json(const nlohmann::json& j) { std::cout << j.dump(2) << std::endl; }
+// Token pieces can be half a UTF-8 character; replace those bytes rather than throw.
+void print_json(const nlohmann::json& j) { std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl; }
 
 namespace {
 int g_argc = 0;

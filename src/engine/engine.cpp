@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <random>
 
+#include "llmctl/convert/gguf_convert.h"
 #include "llmctl/engine/block_manager.h"
 #include "llmctl/engine/model_runner.h"
 #include "llmctl/engine/scheduler.h"
@@ -36,7 +37,7 @@ Engine::Engine(const std::string& model_dir, const EngineConfig& cfg) : cfg_(cfg
   model_cfg_ = load_model_config(model_dir);
   if (cfg_.max_model_len <= 0)
     cfg_.max_model_len = static_cast<int>(std::min<std::int64_t>(model_cfg_.max_position_embeddings, 8192));
-  if (/* GGUF-DISPATCH: is_gguf_file(model_dir) || */ Tokenizer::exists_in(model_dir)) {
+  if (is_gguf_file(model_dir) || Tokenizer::exists_in(model_dir)) {
     tokenizer_ = std::make_unique<Tokenizer>(load_tokenizer(model_dir));
     chat_template_ = ChatTemplate::from_template(tokenizer_->chat_template());
     if (!chat_template_.recognised)

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "llmctl/convert/gguf_convert.h"
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
@@ -43,9 +44,10 @@ bool has_qk_norm_weights(const std::string& dir) {
 }  // namespace
 
 ModelConfig load_model_config(const std::string& dir) {
-  // GGUF-DISPATCH: if (is_gguf_file(dir)) return read_gguf_config(dir);
+  if (is_gguf_file(dir)) return read_gguf_config(dir);
   fs::path p = fs::path(dir) / "config.json";
-  if (!fs::is_directory(dir)) throw Error(dir + ": not a model directory");
+  if (!fs::is_directory(dir))
+    throw Error(dir + (fs::exists(dir) ? ": neither a model directory nor a GGUF file" : ": no such model or GGUF file"));
   if (!fs::exists(p)) throw Error(dir + ": no config.json");
   auto j = nlohmann::json::parse(read_file(p.string()), nullptr, false);
   if (j.is_discarded()) throw Error(p.string() + ": not valid JSON");
@@ -96,19 +98,19 @@ void load_weights(CausalLM& model, const std::map<std::string, torch::Tensor>& t
 }
 
 Tokenizer load_tokenizer(const std::string& path) {
-  // GGUF-DISPATCH: if (is_gguf_file(path)) return read_gguf_tokenizer(path);
+  if (is_gguf_file(path)) return read_gguf_tokenizer(path);
   return Tokenizer::load(path);
 }
 
 CausalLM load_model(const std::string& dir, const torch::Device& device, torch::ScalarType dtype) {
-  /* GGUF-DISPATCH: if (is_gguf_file(dir)) {
+  if (is_gguf_file(dir)) {
     auto gm = import_gguf(dir);
     CausalLM model(gm.config);
     load_weights(model, gm.tensors, dir);
     model->to(device, dtype);
     model->eval();
     return model;
-  } */
+  }
   auto cfg = load_model_config(dir);
   CausalLM model(cfg);
   load_weights(model, load_safetensors_dir(dir), dir);
