@@ -71,6 +71,7 @@ void add_convert(CLI::App& app) {
       auto r = export_hf(o->model, o->out, {o->dtype});
       summary["dtype"] = r.dtype;
       summary["parameters"] = r.parameters;
+      summary["tokenizer"] = r.has_tokenizer;
       summary["config"] = r.config.to_json();
     } else {
       GgufExportOptions opt;

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "llmctl/tokenizer/tokenizer.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
+#include "llmctl/util/log.h"
 #include "llmctl/util/version.h"
 
 namespace fs = std::filesystem;
@@ -135,18 +137,23 @@ HfExportResult export_hf(const std::string& model_path, const std::string& out_d
   r.dtype = opt.dtype.empty() ? dtype_of(r.config.torch_dtype) : opt.dtype;
   for (const auto& p : model->parameters()) r.parameters += p.numel();
 
-  auto tok = load_tokenizer(model_path);
   SaveOptions so;
   so.dtype = parse_dtype(r.dtype);
   // A directory's own tokenizer files travel as they are (nothing lost in translation); a
-  // GGUF's vocabulary is written out as tokenizer files.
-  if (fs::is_directory(model_path))
+  // GGUF's vocabulary is written out as tokenizer files. A directory without tokenizer
+  // files (weights kept apart from their tokenizer) still converts, weights only.
+  std::optional<Tokenizer> tok;
+  if (!fs::is_directory(model_path) || Tokenizer::exists_in(model_path)) tok = load_tokenizer(model_path);
+  if (!tok)
+    log::warn(model_path + " has no tokenizer files: the release holds the weights and configs only");
+  else if (fs::is_directory(model_path))
     so.tokenizer_dir = model_path;
   else
-    so.tokenizer = &tok;
+    so.tokenizer = &*tok;
+  r.has_tokenizer = tok.has_value();
   const std::string name = fs::path(out_dir).filename().string();
   so.extra_files = [&](const std::string& staging) {
-    ensure_chat_template(staging + "/tokenizer_config.json", tok.chat_template());
+    if (tok) ensure_chat_template(staging + "/tokenizer_config.json", tok->chat_template());
     write_file_atomic(staging + "/README.md", model_card(r.config, r.parameters, r.dtype, model_path, name));
   };
   save_model(model, out_dir, so);

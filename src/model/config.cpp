@@ -72,6 +72,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   if (!j.is_object()) throw Error(source + ": not a JSON object");
   ModelConfig c;
   c.model_type = get_field<std::string>(j, "model_type", "llama", source);
+  // Llama and Mistral configs default to untied embeddings; minimind ties them in its code
+  // and (like transformers' PretrainedConfig) defaults to tied when the key is absent.
+  const bool tied_by_default = c.model_type != "llama" && c.model_type != "mistral";
   if (c.model_type == "mistral" || c.model_type == "minimind") c.model_type = "llama";
   if (c.model_type != "llama" && c.model_type != "qwen2" && c.model_type != "qwen3")
     throw Error(source + ": model_type \"" + c.model_type + "\" is not supported (llama, mistral, qwen2, qwen3)");
@@ -98,7 +101,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   const auto window = get_field<std::int64_t>(j, "sliding_window", 0, source);
   if (window > 0 && window < c.max_position_embeddings && get_field<bool>(j, "use_sliding_window", true, source))
     c.max_position_embeddings = window;
-  c.tie_word_embeddings = get_field<bool>(j, "tie_word_embeddings", c.model_type != "llama", source);
+  c.tie_word_embeddings = get_field<bool>(j, "tie_word_embeddings", tied_by_default, source);
   c.initializer_range = get_field<double>(j, "initializer_range", 0.02, source);
   c.mlp_bias = get_field<bool>(j, "mlp_bias", false, source);
   if (c.model_type == "qwen2") {

@@ -214,8 +214,8 @@ def test_existing_output_is_kept(llmctl, llmctl_model, tmp_path):
     out = tmp_path / "keep"
     out.mkdir()
     (out / "precious.txt").write_text("do not lose me")
-    r = llmctl("convert", "--model", llmctl_model, "--to", "hf", "--out", out)
-    assert_clean_error(r.returncode, r.stderr, "--overwrite")
+    rc, _, err = llmctl("convert", "--model", llmctl_model, "--to", "hf", "--out", out)
+    assert_clean_error(rc, err, "--overwrite")
     assert (out / "precious.txt").read_text() == "do not lose me"
 
 
@@ -338,32 +338,32 @@ def test_malformed_inputs_fail_clearly(llmctl, broken, tmp_path):
     ids = "1,2,3"
     d = broken()
     edit_config(d, lambda c: c.pop("hidden_size"))
-    r = llmctl("eval", "--model", d, "--ids", ids)
-    assert_clean_error(r.returncode, r.stderr, "hidden_size")
+    rc, _, err = llmctl("eval", "--model", d, "--ids", ids)
+    assert_clean_error(rc, err, "hidden_size")
 
     shutil.rmtree(d)
     d = broken()
     edit_config(d, lambda c: c.update(intermediate_size=c["intermediate_size"] + 32))
-    r = llmctl("eval", "--model", d, "--ids", ids)
-    assert_clean_error(r.returncode, r.stderr, "mlp.gate_proj.weight")
+    rc, _, err = llmctl("eval", "--model", d, "--ids", ids)
+    assert_clean_error(rc, err, "mlp.gate_proj.weight")
 
     shutil.rmtree(d)
     d = broken()
     edit_config(d, lambda c: c.update(model_type="gpt_neox"))
-    r = llmctl("convert", "--model", d, "--to", "hf", "--out", tmp_path / "x")
-    assert_clean_error(r.returncode, r.stderr, "gpt_neox")
+    rc, _, err = llmctl("convert", "--model", d, "--to", "hf", "--out", tmp_path / "x")
+    assert_clean_error(rc, err, "gpt_neox")
     assert not (tmp_path / "x").exists()
 
     shutil.rmtree(d)
     d = broken()
     edit_config(d, lambda c: c.update(rope_scaling={"rope_type": "yarn", "factor": 4.0}, rope_parameters=None))
-    r = llmctl("eval", "--model", d, "--ids", ids)
-    assert_clean_error(r.returncode, r.stderr, "yarn")
+    rc, _, err = llmctl("eval", "--model", d, "--ids", ids)
+    assert_clean_error(rc, err, "yarn")
 
     shutil.rmtree(d)
     d = broken()
     train_bpe(d, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     text = (d / "tokenizer.json").read_text()
     (d / "tokenizer.json").write_text(text[: len(text) // 2])
-    r = llmctl("eval", "--model", d, "--text", "hello")
-    assert_clean_error(r.returncode, r.stderr, "tokenizer.json")
+    rc, _, err = llmctl("eval", "--model", d, "--text", "hello")
+    assert_clean_error(rc, err, "tokenizer.json")

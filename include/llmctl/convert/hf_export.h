@@ -19,6 +19,7 @@ struct HfExportResult {
   ModelConfig config;
   std::int64_t parameters = 0;
   std::string dtype;  // torch_dtype written
+  bool has_tokenizer = false;  // false: the source had no tokenizer files, none were written
 };
 
 // `model_path` is a model directory or a .gguf file; `out_dir` is written atomically.
