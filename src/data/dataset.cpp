@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "llmctl/data/jsonl.h"
+#include "llmctl/tokenizer/chat_format.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
 #include "llmctl/util/log.h"
@@ -44,6 +45,7 @@ std::string cache_key(const std::vector<std::string>& files, const Tokenizer& to
     for (const auto& e : tok.vocabulary()) h = fnv1a(h, e.piece + '\n');
     for (const auto& m : tok.merges()) h = fnv1a(h, m + '\n');
   }
+  if (mode == SampleMode::Sft) h = fnv1a(h, "chat_template:" + tok.chat_template());
   for (const auto& f : files) {
     struct stat st {};
     if (::stat(f.c_str(), &st) != 0) throw Error("cannot open data file " + f);
@@ -142,31 +144,64 @@ class ItemReader {
 };
 
 
-// Appends one ChatML message: <|im_start|>role\n content <|im_end|>\n. Header and content
-// are encoded separately so the loss-mask boundary is exact; `learn` marks the content
-// and the closing <|im_end|>.
+// A conversation in the model's own chat format (tokenizer's chat_template; ChatML for
+// llmctl's and minimind's tokenizers), encoded piece by piece so the loss-mask boundaries
+// are exact: each assistant turn's content and the token that ends it are learned (mask 1);
+// headers, system/user turns and what the template writes after the end token are not.
+// Special-token text is parsed (as minimind's apply_chat_template + tokenizer(text) does);
+// pieces split at special tokens, so inference, which encodes the whole rendered prompt,
+// sees the same ids.
 template <typename Id>
-void append_message(const Tokenizer& tok, const Message& msg, std::uint8_t learn, std::vector<Id>& ids,
-                    std::vector<std::uint8_t>* mask) {
-  auto add = [&](const std::vector<int>& part, std::uint8_t m) {
+void render_conversation(const Tokenizer& tok, const std::vector<Message>& conv, bool add_generation_prompt,
+                         std::size_t max_tokens, std::vector<Id>& ids, std::vector<std::uint8_t>* mask) {
+  const auto tmpl = ChatTemplate::from_template(tok.chat_template());
+  const std::string after_end = tmpl.info().after_end;
+  std::string done;  // the rendered text encoded so far
+  auto add = [&](const std::string& text, std::uint8_t m) {
+    auto part = tok.encode(text);
     ids.insert(ids.end(), part.begin(), part.end());
     if (mask) mask->insert(mask->end(), part.size(), m);
   };
-  add({tok.bos_id()}, 0);
-  add(tok.encode(msg.role + "\n", false), 0);
-  add(tok.encode(msg.content, false), learn);
-  add({tok.eos_id()}, learn);
-  add(tok.encode("\n", false), 0);
+  // Every format llmctl renders grows by appending; a rendering that rewrote earlier text
+  // would make the mask wrong, so it is an error rather than a silent mismatch.
+  auto extend_to = [&](const std::string& text) {
+    if (text.compare(0, done.size(), done) != 0)
+      throw Error("chat template " + std::string(tmpl.info().name) + ": a longer conversation does not extend the shorter one");
+    std::string rest = text.substr(done.size());
+    done = text;
+    return rest;
+  };
+  std::vector<Message> prefix;
+  for (const auto& msg : conv) {
+    if (ids.size() >= max_tokens) return;
+    if (msg.role != "assistant") {
+      prefix.push_back(msg);
+      continue;
+    }
+    add(extend_to(tmpl.render(prefix, true)), 0);  // up to and including the assistant header
+    prefix.push_back(msg);
+    std::string answer = extend_to(tmpl.render(prefix, false));
+    const bool tail = !after_end.empty() && answer.size() >= after_end.size() &&
+                      answer.compare(answer.size() - after_end.size(), after_end.size(), after_end) == 0;
+    if (tail) answer.resize(answer.size() - after_end.size());
+    add(answer, 1);
+    if (tail) add(after_end, 0);
+  }
+  if (add_generation_prompt) add(extend_to(tmpl.render(prefix, true)), 0);
+}
+
+void check_chat_tokens(const Tokenizer& tok) {
+  const auto& fmt = ChatTemplate::from_template(tok.chat_template()).info();
+  if (tok.piece_to_id(fmt.end_token) < 0)
+    throw Error("the tokenizer has no " + std::string(fmt.end_token) + " token, which ends a turn in its chat format (" +
+                fmt.name + "): SFT would teach the model to spell it out instead of stopping");
 }
 
 }  // namespace
 
 std::vector<int> render_generation_prompt(const Tokenizer& tok, const std::vector<Message>& conv) {
   std::vector<int> ids;
-  for (const auto& msg : conv) append_message(tok, msg, 0, ids, nullptr);
-  ids.push_back(tok.bos_id());
-  auto header = tok.encode("assistant\n", false);
-  ids.insert(ids.end(), header.begin(), header.end());
+  render_conversation(tok, conv, true, SIZE_MAX, ids, nullptr);
   return ids;
 }
 
@@ -174,10 +209,7 @@ void render_sft_sample(const Tokenizer& tok, const std::vector<Message>& conv, s
                        std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask) {
   ids.clear();
   mask.clear();
-  for (const auto& msg : conv) {
-    append_message(tok, msg, msg.role == "assistant" ? 1 : 0, ids, &mask);
-    if (ids.size() >= max_tokens) break;
-  }
+  render_conversation(tok, conv, false, max_tokens, ids, &mask);
   if (ids.size() > max_tokens) {
     ids.resize(max_tokens);
     mask.resize(max_tokens);
@@ -188,6 +220,7 @@ TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Toke
                                std::int64_t seq_len, const std::string& cache_dir, int threads, bool progress) {
   if (files.empty()) throw Error("--data: no input files given");
   if (seq_len < 2) throw Error("--seq-len must be at least 2");
+  if (mode == SampleMode::Sft) check_chat_tokens(tok);
   const std::string key = cache_key(files, tok, mode, seq_len);
   const std::string cache = cache_dir + "/tokens-" + key + ".bin";
   TokenizedData d;
@@ -212,9 +245,9 @@ TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Toke
           if (mode == SampleMode::Pretrain) {
             auto v = tok.encode(items[i].text, false);
             ids[i].reserve(v.size() + 2);
-            ids[i].push_back(tok.bos_id());
+            if (tok.bos_id() >= 0) ids[i].push_back(tok.bos_id());  // (Qwen's tokenizers have no BOS)
             ids[i].insert(ids[i].end(), v.begin(), v.end());
-            ids[i].push_back(tok.eos_id());
+            if (tok.eos_id() >= 0) ids[i].push_back(tok.eos_id());
           } else {
             render_sft_sample(tok, items[i].conv, window + 1, ids[i], masks[i]);
           }

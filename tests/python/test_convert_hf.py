@@ -11,8 +11,10 @@
 - Malformed directories fail with one clear error line.
 """
 import json
+import math
 import os
 import shutil
+import urllib.request
 
 import pytest
 
@@ -22,7 +24,8 @@ tokenizers = pytest.importorskip("tokenizers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import gen_hf_reference as gen  # noqa: E402  (tools/ is on sys.path via conftest)
-from conftest import assert_clean_error  # noqa: E402
+from conftest import SFT_SAMPLE, assert_clean_error  # noqa: E402
+from serve_helpers import Server  # noqa: E402
 
 TOL = 1e-4
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
@@ -367,3 +370,48 @@ def test_malformed_inputs_fail_clearly(llmctl, broken, tmp_path):
     (d / "tokenizer.json").write_text(text[: len(text) // 2])
     rc, _, err = llmctl("eval", "--model", d, "--text", "hello")
     assert_clean_error(rc, err, "tokenizer.json")
+
+
+
+def served_chat(server, content, max_tokens):
+    body = json.dumps({"messages": [{"role": "user", "content": content}], "temperature": 0,
+                       "max_tokens": max_tokens, "ignore_eos": True}).encode()
+    req = urllib.request.Request(server.url + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def test_bpe_hf_model_fine_tunes_and_serves(llmctl_bin, llmctl_json, tmp_path):
+    """A Qwen2-style HF directory with its own tokenizer.json: sft straight from it, the result
+    still loads in transformers with the same logits, and `serve` answers from the directory
+    and from its GGUF export the same greedy text that `chat` gives."""
+    d = tmp_path / "qwen2"
+    vocab = train_bpe(d, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos="<|im_end|>")
+    build_hf("qwen2_gqa", d, vocab=vocab)
+    run = tmp_path / "sft"
+    s = llmctl_json("sft", "--model", d, "--data", SFT_SAMPLE, "--out", run, "--max-steps", 3,
+                    "--seq-len", 64, "--batch-size", 2, "--lr", 1e-3, "--dtype", "f32", "--threads", 2,
+                    timeout=300)
+    assert s["steps"] == 3 and math.isfinite(s["final_loss"])
+    final = run / "final"
+    assert (final / "tokenizer.json").exists()
+    t_before, t_after = read_tensors(d), read_tensors(final)
+    assert any(not torch.equal(t_before[k], t_after[k]) for k in t_before), "sft changed nothing"
+    ids = ids_of(20, vocab, 7)
+    assert_close(llmctl_logprobs(llmctl_json, final, ids), ref_logprobs(hf_logits(str(final), ids), ids))
+
+    gguf = tmp_path / "final.gguf"
+    llmctl_json("convert", "--model", final, "--to", "gguf", "--out", gguf, "--dtype", "f32")
+    want = llmctl_json("chat", "--model", final, "--prompt", "你好", "--max-new-tokens", 6, "--ignore-eos",
+                       "--temperature", 0, "--threads", 2)
+    assert len(want["output_token_ids"]) == 6
+    for model in (final, gguf):
+        server = Server(llmctl_bin, model, tmp_path / "serve.log")
+        try:
+            r = served_chat(server, "你好", 6)
+        finally:
+            rc = server.stop()
+        assert rc == 0, server.output()
+        assert r["usage"]["completion_tokens"] == 6, r
+        assert r["choices"][0]["message"]["content"] == want["text"], model

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "llmctl/data/dataset.h"
+#include "llmctl/tokenizer/chat_format.h"
 #include "llmctl/train/schedule.h"
 #include "llmctl/train/trainer.h"
 #include "llmctl/util/error.h"
@@ -119,6 +120,51 @@ TEST(SftMask, RightTruncationKeepsThePrefix) {
   ASSERT_EQ(cut.size(), 20u);
   EXPECT_TRUE(std::equal(cut.begin(), cut.end(), full.begin()));
   EXPECT_TRUE(std::equal(mcut.begin(), mcut.end(), mfull.begin()));
+}
+
+// The shared tokenizer plus Llama 3's header and end-of-turn tokens, with Llama 3's template.
+Tokenizer llama3_tokenizer() {
+  auto base = Tokenizer::load(shared_tokenizer());
+  auto vocab = base.vocabulary();
+  for (const char* s : {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"})
+    vocab.push_back({s, 0.0f, TokenType::Control});
+  const int bos = static_cast<int>(vocab.size()) - 4, eot = static_cast<int>(vocab.size()) - 1;
+  auto tok = Tokenizer::from_sentencepiece_vocab(vocab, bos, eot, base.piece_to_id("<unk>") >= 0 ? base.piece_to_id("<unk>") : base.pad_id(), base.pad_id(), false);
+  tok.set_chat_template("{{ bos_token }}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+                        "{{ message['content'] | trim }}<|eot_id|>");
+  return tok;
+}
+
+TEST(SftMask, FollowsTheTokenizersChatFormat) {
+  auto tok = llama3_tokenizer();
+  std::vector<Message> conv = {{"user", "Say amen."}, {"assistant", " Amen. "}, {"user", "Again?"},
+                               {"assistant", "Amen and amen."}};
+  std::vector<std::int32_t> ids;
+  std::vector<std::uint8_t> mask;
+  render_sft_sample(tok, conv, 1000, ids, mask);
+  ASSERT_EQ(ids.size(), mask.size());
+  std::vector<int> as_int(ids.begin(), ids.end());
+  EXPECT_EQ(tok.decode(as_int), render_chat(conv, ChatFormat::Llama3, false));
+  EXPECT_EQ(ids[0], tok.piece_to_id("<|begin_of_text|>"));
+  std::vector<int> learned;
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (mask[i]) learned.push_back(ids[i]);
+  EXPECT_EQ(tok.decode(learned), "Amen.<|eot_id|>Amen and amen.<|eot_id|>");
+  auto prompt = render_generation_prompt(tok, {conv[0]});
+  EXPECT_EQ(tok.decode(prompt), render_chat({conv[0]}, ChatFormat::Llama3, true));
+  EXPECT_TRUE(std::equal(prompt.begin(), prompt.end(), ids.begin()));
+  EXPECT_EQ(mask[prompt.size()], 1);
+}
+
+TEST(SftMask, ATokenizerWithoutTheEndOfTurnTokenIsRefused) {
+  TempDir dir;
+  auto tok = Tokenizer::load(shared_tokenizer());
+  tok.set_chat_template("<|start_header_id|>{{ role }}<|end_header_id|>");  // Llama 3, but no <|eot_id|>
+  const auto file = write_text(dir.path + "/sft.jsonl",
+                               "{\"conversations\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+                               "{\"role\": \"assistant\", \"content\": \"hello\"}]}\n");
+  EXPECT_ERROR_MENTIONS(load_or_tokenize({file}, tok, SampleMode::Sft, 64, dir.path + "/cache", 1, false),
+                        "<|eot_id|>");
 }
 
 TEST(Packing, WindowsOverlapByOneTokenAndFollowTheDocuments) {

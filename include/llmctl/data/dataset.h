@@ -30,14 +30,15 @@ struct TokenizedData {
   std::size_t size() const { return begin.size(); }
 };
 
-// Renders one conversation as ChatML ids plus the loss mask (assistant content and the
-// closing <|im_end|> are 1), truncated to max_tokens.
+// Renders one conversation in the tokenizer's chat format (ChatML unless its chat_template
+// is Llama 2 / Llama 3) as ids plus the loss mask (assistant content and the token that
+// ends the turn, <|im_end|> in ChatML, are 1), truncated to max_tokens.
 void render_sft_sample(const Tokenizer& tok, const std::vector<Message>& conv, std::size_t max_tokens,
                        std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask);
 
 // The ids that prompt a reply to `conv`: its messages encoded exactly as render_sft_sample
-// encodes them (so inference sees training's token boundaries), then
-// "<|im_start|>assistant\n".
+// encodes them (so inference sees training's token boundaries), then the assistant's
+// header ("<|im_start|>assistant\n" in ChatML).
 std::vector<int> render_generation_prompt(const Tokenizer& tok, const std::vector<Message>& conv);
 
 // Tokenizes `files` (threads: 0 = all cores) or loads the matching cache from cache_dir.
