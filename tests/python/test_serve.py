@@ -371,7 +371,9 @@ def test_request_timeout(llmctl_bin, model, tmp_path):
         events = list(sse_events(resp))
         assert events[-1] == "[DONE]" and "error" in events[-2], events[-2:]
         conn.close()
-        assert metrics(srv.url)["llmctl_kv_blocks_used"] == 0
+        # (the engine thread frees the blocks just after the error event goes out)
+        wait_for(lambda: metrics(srv.url)["llmctl_kv_blocks_used"] == 0, "the timed-out blocks to be freed",
+                 timeout=10)
     finally:
         with pytest.raises(StopIteration):
             next(gen)
