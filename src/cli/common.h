@@ -24,6 +24,7 @@ void add_chat(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_quantize(CLI::App& app);
 
 // Flags every model-running subcommand shares.
 struct RuntimeFlags {

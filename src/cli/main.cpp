@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   llmctl::cli::add_bench(app);
   llmctl::cli::add_serve(app);
   llmctl::cli::add_convert(app);
+  llmctl::cli::add_quantize(app);
 
   try {
     app.parse(argc, argv);

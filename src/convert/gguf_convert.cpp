@@ -360,7 +360,7 @@ void export_gguf(const std::string& model_dir, const std::string& out_path, cons
   } else {
     cfg = load_model_config(model_dir);
     tok = std::make_unique<Tokenizer>(load_tokenizer(model_dir));
-    tensors = load_safetensors_dir(model_dir);
+    tensors = load_model_tensors(model_dir);  // AWQ linears dequantized
   }
   const std::string arch = gguf_arch_for(cfg, model_dir);
   const bool permute = arch == "llama";  // qwen3 ropes halves, as HF does

@@ -102,6 +102,118 @@ Tokenizer load_tokenizer(const std::string& path) {
   return Tokenizer::load(path);
 }
 
+namespace {
+
+std::string shape_of(const std::vector<std::int64_t>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// (out, in) of the standard linears of layer modules, by their name after "model.layers.N.".
+bool linear_shape(const ModelConfig& c, const std::string& name, std::int64_t& out, std::int64_t& in) {
+  const std::string pre = "model.layers.";
+  if (name.compare(0, pre.size(), pre) != 0) return false;
+  auto dot = name.find('.', pre.size());
+  if (dot == std::string::npos) return false;
+  const std::string rest = name.substr(dot + 1);
+  const std::int64_t h = c.hidden_size, f = c.intermediate_size;
+  if (rest == "self_attn.q_proj") { out = c.q_dim(); in = h; }
+  else if (rest == "self_attn.k_proj" || rest == "self_attn.v_proj") { out = c.kv_dim(); in = h; }
+  else if (rest == "self_attn.o_proj") { out = h; in = c.q_dim(); }
+  else if (rest == "mlp.gate_proj" || rest == "mlp.up_proj") { out = f; in = h; }
+  else if (rest == "mlp.down_proj") { out = h; in = f; }
+  else return false;
+  return true;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+AwqLinears load_awq_linears(const std::string& dir) {
+  const auto cfg = load_model_config(dir);
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  if (!cfg.quantization.enabled()) throw Error(config_path + ": no quantization_config (not an AWQ model)");
+  const int g = cfg.quantization.group_size;
+  struct Entry {
+    const SafetensorsEntry* e;
+    const SafetensorsFile* f;
+  };
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, Entry> entries;
+  for (const auto& path : safetensors_files(dir)) {
+    files.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const auto& e : files.back()->entries()) entries[e.name] = {&e, files.back().get()};
+  }
+  AwqLinears out;
+  for (const auto& [name, ent] : entries) {
+    if (!ends_with(name, ".qweight")) continue;
+    const std::string module = name.substr(0, name.size() - 8);
+    const std::string where = ent.f->path();
+    auto get = [&](const std::string& suffix, const char* dtype) -> torch::Tensor {
+      auto it = entries.find(module + suffix);
+      if (it == entries.end())
+        throw Error(where + ": tensor '" + module + suffix + "' is missing (AWQ linear '" + module +
+                    "' needs qweight, qzeros and scales)");
+      const auto& e = *it->second.e;
+      if (e.dtype != dtype)
+        throw Error(it->second.f->path() + ": tensor '" + e.name + "' has dtype " + e.dtype + ", AWQ needs " + dtype);
+      if (e.shape.size() != 2)
+        throw Error(it->second.f->path() + ": tensor '" + e.name + "' has shape " + shape_of(e.shape) + ", AWQ needs 2-D");
+      return it->second.f->tensor(e.name);
+    };
+    AwqTensor t;
+    t.group_size = g;
+    t.qweight = get(".qweight", "I32");
+    t.qzeros = get(".qzeros", "I32");
+    t.scales = get(".scales", "F16");
+    if (entries.count(module + ".weight"))
+      throw Error(where + ": tensor '" + module + ".weight' next to '" + module + ".qweight' (one linear stored twice)");
+    const std::int64_t K = t.qweight.size(0), N = t.scales.size(1);
+    auto bad = [&](const std::string& suffix, const std::vector<std::int64_t>& want, const torch::Tensor& have) {
+      std::vector<std::int64_t> h(have.sizes().begin(), have.sizes().end());
+      if (h == want) return;
+      throw Error(entries.at(module + suffix).f->path() + ": tensor '" + module + suffix + "' has shape " + shape_of(h) +
+                  ", expected " + shape_of(want) + " (group size " + std::to_string(g) + ")");
+    };
+    if (K % g != 0)
+      throw Error(where + ": tensor '" + name + "': in_features " + std::to_string(K) + " is not a multiple of the group size " +
+                  std::to_string(g) + " (config.json quantization_config.group_size)");
+    std::int64_t want_n = 0, want_k = 0;
+    if (linear_shape(cfg, module, want_n, want_k)) {
+      bad(".qweight", {want_k, want_n / 8}, t.qweight);
+      bad(".scales", {want_k / g, want_n}, t.scales);
+    }
+    if (N % 8 != 0)
+      throw Error(where + ": tensor '" + module + ".scales': out_features " + std::to_string(N) + " is not a multiple of 8");
+    bad(".scales", {K / g, N}, t.scales);
+    bad(".qweight", {K, N / 8}, t.qweight);
+    bad(".qzeros", {K / g, N / 8}, t.qzeros);
+    awq_check(t, where + ": AWQ linear '" + module + "'");
+    out.emplace(module, std::move(t));
+  }
+  if (out.empty()) throw Error(dir + ": config.json says AWQ but no tensor ends in .qweight");
+  return out;
+}
+
+std::map<std::string, torch::Tensor> load_model_tensors(const std::string& dir) {
+  auto tensors = load_safetensors_dir(dir);
+  if (load_model_config(dir).quantization.enabled()) {
+    for (const auto& [name, t] : load_awq_linears(dir)) {
+      for (const char* suffix : {".qweight", ".qzeros", ".scales"}) tensors.erase(name + suffix);
+      tensors[name + ".weight"] = awq_dequantize(t);
+    }
+  } else {
+    for (const auto& [name, t] : tensors)
+      if (ends_with(name, ".qweight"))
+        throw Error(dir + ": tensor '" + name + "' is AWQ-quantized but config.json has no quantization_config");
+  }
+  return tensors;
+}
+
 CausalLM load_model(const std::string& dir, const torch::Device& device, torch::ScalarType dtype) {
   if (is_gguf_file(dir)) {
     auto gm = import_gguf(dir);
@@ -112,8 +224,10 @@ CausalLM load_model(const std::string& dir, const torch::Device& device, torch::
     return model;
   }
   auto cfg = load_model_config(dir);
+  auto tensors = load_model_tensors(dir);
+  cfg.quantization = {};  // dequantized
   CausalLM model(cfg);
-  load_weights(model, load_safetensors_dir(dir), dir);
+  load_weights(model, tensors, dir);
   model->to(device, dtype);
   model->eval();
   return model;
@@ -125,13 +239,13 @@ NamedTensors model_tensors(const CausalLM& model) {
   return out;
 }
 
-void save_model(const CausalLM& model, const std::string& dir, const SaveOptions& opt) {
+namespace {
+
+// Writes config.json, generation_config.json, model.safetensors and the tokenizer files into
+// a staging directory and swaps it in.
+void write_model_dir(const ModelConfig& cfg, const NamedTensors& tensors, const std::string& dir, const SaveOptions& opt) {
   std::string staging = make_staging_dir(dir);
   try {
-    ModelConfig cfg = model->config();
-    cfg.torch_dtype = hf_dtype_name(opt.dtype);
-    NamedTensors tensors;
-    for (auto& [name, t] : model_tensors(model)) tensors.emplace_back(name, t.detach().to(opt.dtype));
     auto meta = opt.metadata;
     meta["format"] = "pt";  // what transformers expects
     save_safetensors(staging + "/model.safetensors", tensors, meta);
@@ -157,6 +271,48 @@ void save_model(const CausalLM& model, const std::string& dir, const SaveOptions
     fs::remove_all(staging, ec);
     throw;
   }
+}
+
+}  // namespace
+
+void save_model(const CausalLM& model, const std::string& dir, const SaveOptions& opt) {
+  ModelConfig cfg = model->config();
+  cfg.torch_dtype = hf_dtype_name(opt.dtype);
+  cfg.quantization = {};  // full-precision weights
+  NamedTensors tensors;
+  for (auto& [name, t] : model_tensors(model)) tensors.emplace_back(name, t.detach().to(opt.dtype));
+  write_model_dir(cfg, tensors, dir, opt);
+}
+
+void save_awq_model(const CausalLM& model, const AwqLinears& linears, const QuantizationConfig& q,
+                    const std::string& dir, const SaveOptions& opt) {
+  if (!q.enabled()) throw Error("save_awq_model: no quantization config");
+  ModelConfig cfg = model->config();
+  cfg.torch_dtype = "float16";
+  cfg.quantization = q;
+  NamedTensors tensors;
+  std::set<std::string> written;
+  for (auto& [name, t] : model_tensors(model)) {
+    if (ends_with(name, ".weight")) {
+      const std::string module = name.substr(0, name.size() - 7);
+      auto it = linears.find(module);
+      if (it != linears.end()) {
+        const auto& a = it->second;
+        awq_check(a, "AWQ linear '" + module + "'");
+        if (a.group_size != q.group_size || a.in_features() != t.size(1) || a.out_features() != t.size(0))
+          throw Error("AWQ linear '" + module + "' does not match the model's weight or the group size");
+        tensors.emplace_back(module + ".qweight", a.qweight.cpu().contiguous());
+        tensors.emplace_back(module + ".qzeros", a.qzeros.cpu().contiguous());
+        tensors.emplace_back(module + ".scales", a.scales.cpu().contiguous());
+        written.insert(module);
+        continue;
+      }
+    }
+    tensors.emplace_back(name, t.detach().to(torch::kFloat16));
+  }
+  for (const auto& [module, a] : linears)
+    if (!written.count(module)) throw Error("AWQ linear '" + module + "' is not a linear of the model");
+  write_model_dir(cfg, tensors, dir, opt);
 }
 
 }  // namespace llmctl

@@ -1,5 +1,6 @@
 #include "llmctl/model/config.h"
 
+#include <cctype>
 #include <cmath>
 #include <fstream>
 
@@ -115,6 +116,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   c.pad_token_id = get_field<std::int64_t>(j, "pad_token_id", 0, source);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) c.eos_token_ids = parse_eos_ids(*it, source);
   c.torch_dtype = get_field<std::string>(j, "torch_dtype", get_field<std::string>(j, "dtype", "float32", source), source);
+  if (auto it = j.find("quantization_config"); it != j.end() && !it->is_null())
+    c.quantization = QuantizationConfig::from_json(*it, source);
   c.validate(source);
   return c;
 }
@@ -184,12 +187,65 @@ nlohmann::json ModelConfig::to_json() const {
       j["rope_scaling"]["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
     }
   }
+  if (quantization.enabled()) j["quantization_config"] = quantization.to_json();
   if (model_type == "llama") {
     j["attention_bias"] = attention_bias;
     j["mlp_bias"] = mlp_bias;
   } else if (model_type == "qwen3") {
     j["attention_bias"] = attention_bias;
   }
+  return j;
+}
+
+QuantizationConfig QuantizationConfig::from_json(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) throw Error(source + ": field \"quantization_config\" must be an object or null");
+  const std::string where = source + ": quantization_config.";
+  QuantizationConfig q;
+  auto get = [&](const char* key, auto fallback) {
+    using T = decltype(fallback);
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return fallback;
+    try {
+      return it->template get<T>();
+    } catch (const nlohmann::json::exception&) {
+      throw Error(where + key + " has the wrong type (" + it->type_name() + ")");
+    }
+  };
+  q.method = get("quant_method", std::string());
+  if (q.method.empty()) throw Error(where + "quant_method is missing (llmctl reads \"awq\")");
+  std::string lower;
+  for (char ch : q.method) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower != "awq")
+    throw Error(where + "quant_method \"" + q.method + "\" is not supported (llmctl reads AWQ int4 \"awq\" models)");
+  q.method = "awq";
+  // AutoAWQ writes "bits"; older configs say "w_bit" / "q_group_size".
+  q.bits = get("bits", get("w_bit", 4));
+  if (q.bits != 4) throw Error(where + "bits = " + std::to_string(q.bits) + " is not supported (AWQ models must be 4-bit)");
+  q.group_size = get("group_size", get("q_group_size", 128));
+  if (q.group_size <= 0)
+    throw Error(where + "group_size = " + std::to_string(q.group_size) + " is not supported (it must be positive)");
+  q.zero_point = get("zero_point", true);
+  if (!q.zero_point) throw Error(where + "zero_point = false is not supported (llmctl reads asymmetric AWQ)");
+  q.version = get("version", std::string("gemm"));
+  lower.clear();
+  for (char ch : q.version) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower != "gemm")
+    throw Error(where + "version \"" + q.version + "\" is not supported (llmctl reads AutoAWQ's \"gemm\" layout)");
+  q.version = "gemm";
+  if (auto it = j.find("modules_to_not_convert"); it != j.end() && !it->is_null()) {
+    if (!it->is_array()) throw Error(where + "modules_to_not_convert must be a list of strings or null");
+    for (const auto& m : *it) {
+      if (!m.is_string()) throw Error(where + "modules_to_not_convert must be a list of strings or null");
+      q.modules_to_not_convert.push_back(m.get<std::string>());
+    }
+  }
+  return q;
+}
+
+nlohmann::json QuantizationConfig::to_json() const {
+  nlohmann::json j = {{"quant_method", method}, {"zero_point", zero_point}, {"group_size", group_size},
+                      {"bits", bits},           {"version", version}};
+  j["modules_to_not_convert"] = modules_to_not_convert.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_not_convert);
   return j;
 }
 

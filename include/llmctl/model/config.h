@@ -34,6 +34,23 @@ struct RopeScaling {
   std::int64_t original_max_position_embeddings = 8192;
 };
 
+// config.json's quantization_config. Only AutoAWQ's int4 "gemm" format is read (see
+// quant/awq.h): quant_method "awq", bits 4, zero_point true, version "gemm". method == "" is
+// an unquantized model.
+struct QuantizationConfig {
+  std::string method;  // "" | "awq"
+  int bits = 4;
+  int group_size = 128;
+  bool zero_point = true;
+  std::string version = "gemm";
+  std::vector<std::string> modules_to_not_convert;  // kept in full precision (null -> empty)
+  bool enabled() const { return !method.empty(); }
+  // Parses a quantization_config object; anything llmctl cannot run is an Error naming the
+  // field ("quantization_config.bits" ...). `source` names the file.
+  static QuantizationConfig from_json(const nlohmann::json& j, const std::string& source);
+  nlohmann::json to_json() const;
+};
+
 struct ModelConfig {
   std::string model_type = "llama";  // llama | qwen2 | qwen3
   std::int64_t vocab_size = 6400;
@@ -59,6 +76,8 @@ struct ModelConfig {
   std::string torch_dtype = "float32";
   // llmctl's own models sample at 0.7 / 0.9 unless their generation_config.json says otherwise.
   GenerationDefaults generation{true, 0.7, 0.9, 0, 0.0, 1.0};
+  // The weights' storage (AWQ int4) when config.json has a quantization_config.
+  QuantizationConfig quantization;
 
   // Parses an HF config.json; unknown model types and inconsistent shapes are errors
   // that name the field. `source` names the file in messages.

@@ -34,6 +34,8 @@ torch::Tensor awq_unpack(const torch::Tensor& packed);
 // W [N, K] (any float dtype) -> AWQ tensors, round-to-nearest-even per group of
 // `group_size` input channels (K % group_size == 0, N % 8 == 0).
 AwqTensor awq_quantize(const torch::Tensor& w, int group_size);
+// awq_dequantize(awq_quantize(w, g)) without packing: fp32 [N, K] on w's device (for searches).
+torch::Tensor awq_fake_quantize(const torch::Tensor& w, int group_size);
 // The fp32 weight [N, K] the tensors stand for.
 torch::Tensor awq_dequantize(const AwqTensor& t);
 // Linears sharing K and group size side by side along N (q|k|v, gate|up).
@@ -42,5 +44,9 @@ AwqTensor awq_concat_out(const std::vector<AwqTensor>& parts);
 // The quantized linears of an AWQ model directory, by HF module name
 // ("model.layers.0.self_attn.q_proj"), shapes checked against each other.
 using AwqLinears = std::map<std::string, AwqTensor>;
+
+// Throws llmctl::Error naming `what` unless the tensors are a consistent AWQ linear:
+// qweight int32 [K, N/8], qzeros int32 [K/g, N/8], scales fp16 [K/g, N], K % g == 0.
+void awq_check(const AwqTensor& t, const std::string& what = "AWQ tensor");
 
 }  // namespace llmctl
