@@ -19,6 +19,57 @@
 namespace llmctl::kernels::cpu {
 namespace {
 
+// Row access to a cache, one set of overloads per row type (DenseRows<T>, QuantRows<Bits>):
+// the raw bytes of rows (to prefetch), and row r as D fp32 values (dequantised if need be).
+inline std::int64_t row_index(const PagedAttentionShape& sh, const PagedAttentionItem& it, std::int64_t pos) {
+  return (static_cast<std::int64_t>(it.block_table[pos / sh.block_size]) * sh.kv_heads + it.kv_head) *
+             sh.block_size + pos % sh.block_size;
+}
+inline void prefetch_bytes(const void* p, std::int64_t bytes) {
+  for (std::int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b);
+}
+// Rows r .. r+n-1 (one block's, so contiguous).
+template <typename T>
+inline void prefetch_rows(const DenseRows<T>& c, std::int64_t r, std::int64_t n, std::int64_t D) {
+  prefetch_bytes(c.data + r * D, n * D * static_cast<std::int64_t>(sizeof(T)));
+}
+template <int Bits>
+inline void prefetch_rows(const QuantRows<Bits>& c, std::int64_t r, std::int64_t n, std::int64_t D) {
+  prefetch_bytes(c.codes + r * D * Bits / 8, n * D * Bits / 8);
+  prefetch_bytes(c.params + 2 * r, n * 2 * static_cast<std::int64_t>(sizeof(float)));
+}
+template <typename T>
+inline __attribute__((always_inline)) void row_to_fp32(const DenseRows<T>& c, std::int64_t r, std::int64_t D,
+                                                       float* __restrict dst) {
+  for (std::int64_t d = 0; d < D; ++d) dst[d] = load(c.data + r * D, d);
+}
+template <int Bits>
+inline __attribute__((always_inline)) void row_to_fp32(const QuantRows<Bits>& c, std::int64_t r, std::int64_t D,
+                                                       float* __restrict dst) {
+  const float scale = c.params[2 * r], zero = c.params[2 * r + 1];
+  const std::uint8_t* __restrict p = c.codes + r * D * Bits / 8;
+  if constexpr (Bits == 8) {
+    for (std::int64_t d = 0; d < D; ++d) dst[d] = static_cast<float>(p[d]) * scale + zero;
+  } else {
+    for (std::int64_t i = 0; i < D / 2; ++i) {
+      dst[2 * i] = static_cast<float>(p[i] & 15) * scale + zero;
+      dst[2 * i + 1] = static_cast<float>(p[i] >> 4) * scale + zero;
+    }
+  }
+}
+// Row r for the AVX-512 loads (load16): in place when unquantised, else dequantised into tmp.
+template <typename T>
+inline __attribute__((always_inline)) const T* simd_row(const DenseRows<T>& c, std::int64_t r, std::int64_t D,
+                                                        float*) {
+  return c.data + r * D;
+}
+template <int Bits>
+inline __attribute__((always_inline)) const float* simd_row(const QuantRows<Bits>& c, std::int64_t r,
+                                                            std::int64_t D, float* tmp) {
+  row_to_fp32(c, r, D, tmp);
+  return tmp;
+}
+
 constexpr int kKeys = 16;  // keys per tile
 constexpr int kPad = 16;   // head_dim is padded with zeros to a multiple of this (any W divides it)
 
@@ -118,8 +169,8 @@ inline __attribute__((always_inline)) void softmax_step(float (*__restrict s)[W]
   }
 }
 
-template <typename T, int W>
-inline __attribute__((always_inline)) void attend(const T* q, const T* k_cache, const T* v_cache, T* out,
+template <typename T, typename Rows, int W>
+inline __attribute__((always_inline)) void attend(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
                                                   const PagedAttentionShape& sh, const PagedAttentionItem& it,
                                                   std::vector<float>& scratch) {
   const std::int64_t D = sh.head_dim, H = sh.heads, G = sh.heads / sh.kv_heads, bs = sh.block_size;
@@ -161,37 +212,33 @@ inline __attribute__((always_inline)) void attend(const T* q, const T* k_cache, 
   alignas(64) float s[kKeys][W];
   alignas(64) float alpha[W];
   // fp32 rows of whole vectors, blocks holding whole key tiles: each tile is read in place
-  // from its block. Otherwise it is gathered (and converted) into kbuf / vbuf. In place, the
-  // last tile's rows past the context hold whatever the block holds: their scores are
-  // masked and their values never read.
-  const bool in_place = std::is_same<T, float>::value && D == Dp && bs % kKeys == 0;
+  // from its block. Otherwise it is gathered (converted or dequantised by row_to_fp32) into
+  // kbuf / vbuf. In place, the last tile's rows past the context hold whatever the block
+  // holds: their scores are masked and their values never read.
+  constexpr bool fp32_rows = std::is_same<Rows, DenseRows<float>>::value;
+  const bool in_place = fp32_rows && D == Dp && bs % kKeys == 0;
   for (std::int64_t t0 = 0; t0 < keys; t0 += kKeys) {
     const int n = static_cast<int>(std::min<std::int64_t>(kKeys, keys - t0));
     const float *kt = kbuf, *vt = vbuf;
-    if constexpr (std::is_same<T, float>::value) {
+    if constexpr (fp32_rows) {
       if (in_place) {
-        const std::int64_t off = ((it.block_table[t0 / bs] * sh.kv_heads + it.kv_head) * bs + t0 % bs) * D;
-        kt = k_cache + off;
-        vt = v_cache + off;
+        const std::int64_t off = row_index(sh, it, t0) * D;
+        kt = k_cache.data + off;
+        vt = v_cache.data + off;
       }
     }
     // The next tile sits in another block, somewhere else in the pool: ask for its K and V
     // now (decode reads the whole cache once per step, so it is memory-bound).
     if (t0 + kKeys < keys) {
-      const std::int64_t p = t0 + kKeys;
-      const std::int64_t off = ((it.block_table[p / bs] * sh.kv_heads + it.kv_head) * bs + p % bs) * D;
-      const auto span = static_cast<std::int64_t>(std::min<std::int64_t>(kKeys, keys - p) * D * sizeof(T));
-      for (std::int64_t b = 0; b < span; b += 64) {
-        __builtin_prefetch(reinterpret_cast<const char*>(k_cache + off) + b);
-        __builtin_prefetch(reinterpret_cast<const char*>(v_cache + off) + b);
-      }
+      const std::int64_t p = t0 + kKeys, r = row_index(sh, it, p), span = std::min<std::int64_t>(kKeys, keys - p);
+      prefetch_rows(k_cache, r, span, D);
+      prefetch_rows(v_cache, r, span, D);
     }
     if (!in_place) {
       for (int j = 0; j < n; ++j) {
-        const std::int64_t p = t0 + j;
-        const std::int64_t off = ((it.block_table[p / bs] * sh.kv_heads + it.kv_head) * bs + p % bs) * D;
-        for (std::int64_t d = 0; d < D; ++d) kbuf[j * Dp + d] = load(k_cache + off, d);
-        for (std::int64_t d = 0; d < D; ++d) vbuf[j * Dp + d] = load(v_cache + off, d);
+        const std::int64_t r = row_index(sh, it, t0 + j);
+        row_to_fp32(k_cache, r, D, kbuf + j * Dp);
+        row_to_fp32(v_cache, r, D, vbuf + j * Dp);
       }
       if (n < kKeys) {  // past the context (the last tile): finite zeros, masked below
         std::fill(kbuf + n * Dp, kbuf + kKeys * Dp, 0.0f);
@@ -228,8 +275,8 @@ inline __attribute__((always_inline)) void attend(const T* q, const T* k_cache, 
 // AVX2 is split clumsily and runs several times slower), so instead of LLMCTL_SIMD_CLONES
 // each width gets its own target and the CPU is checked once.
 #if defined(__x86_64__) && defined(__GNUC__)
-template <typename T>
-__attribute__((target("avx512f,fma"))) void attend_avx512(const T* q, const T* k, const T* v, T* out,
+template <typename T, typename Rows>
+__attribute__((target("avx512f,fma"))) void attend_avx512(const T* q, const Rows& k, const Rows& v, T* out,
                                                       const PagedAttentionShape& sh, const PagedAttentionItem& it,
                                                       std::vector<float>& scratch) {
   // Up to 8 query rows (a decode step of a group of up to 8 heads): half-width tiles waste
@@ -237,17 +284,17 @@ __attribute__((target("avx512f,fma"))) void attend_avx512(const T* q, const T* k
   // multiply-adds as the full-width tiles, and a row's result does not depend on its batch.)
   const auto rows = (it.row_end - it.row_begin) * (sh.heads / sh.kv_heads);
   if (rows <= 4)  // a decode step of a group of up to 4 heads (GQA's usual 4:1)
-    attend<T, 4>(q, k, v, out, sh, it, scratch);
+    attend<T, Rows, 4>(q, k, v, out, sh, it, scratch);
   else if (rows <= 8)
-    attend<T, 8>(q, k, v, out, sh, it, scratch);
+    attend<T, Rows, 8>(q, k, v, out, sh, it, scratch);
   else
-    attend<T, 16>(q, k, v, out, sh, it, scratch);
+    attend<T, Rows, 16>(q, k, v, out, sh, it, scratch);
 }
-template <typename T>
-__attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const T* k, const T* v, T* out,
+template <typename T, typename Rows>
+__attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const Rows& k, const Rows& v, T* out,
                                                      const PagedAttentionShape& sh, const PagedAttentionItem& it,
                                                      std::vector<float>& scratch) {
-  attend<T, 8>(q, k, v, out, sh, it, scratch);
+  attend<T, Rows, 8>(q, k, v, out, sh, it, scratch);
 }
 #endif
 
@@ -261,33 +308,28 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const T* k, con
 // (Its sums run in another order than the prefill tiles: a decode row matches the same
 // row computed in a prefill to rounding, not bit for bit.)
 
-template <typename T>
-__attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const T* k_cache, const T* v_cache, T* out,
+template <typename T, typename Rows>
+__attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
                                                           const PagedAttentionShape& sh,
                                                           const PagedAttentionItem& it, std::vector<float>& scratch) {
   const std::int64_t D = sh.head_dim, H = sh.heads, G = sh.heads / sh.kv_heads, bs = sh.block_size;
   const std::int64_t keys = it.first_pos + 1, nv = D / 16;
-  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * keys);
+  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * keys + D);
   if (scratch.size() < need) scratch.resize(need);
   float* qf = scratch.data();  // [G][D], pre-scaled
   float* o = qf + G * D;       // [G][D]
   float* s = o + G * D;        // [G][keys]
+  float* tmp = s + G * keys;   // [D]: a dequantised row (quantised caches)
   const T* qrow = q + (it.row_begin * H + it.kv_head * G) * D;
   for (std::int64_t i = 0; i < G * D; ++i) qf[i] = load(qrow, i) * sh.scale;
-  auto row = [&](const T* cache, std::int64_t j) {
-    return cache + ((static_cast<std::int64_t>(it.block_table[j / bs]) * sh.kv_heads + it.kv_head) * bs + j % bs) * D;
-  };
-  auto prefetch_block = [&](const T* cache, std::int64_t j) {  // rows j .. end of j's block
-    if (j >= keys) return;
-    const char* p = reinterpret_cast<const char*>(row(cache, j));
-    const auto bytes = static_cast<std::int64_t>((std::min(keys, (j / bs + 1) * bs) - j) * D * sizeof(T));
-    for (std::int64_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+  auto prefetch_block = [&](const Rows& cache, std::int64_t j) {  // rows j .. end of j's block
+    if (j < keys) prefetch_rows(cache, row_index(sh, it, j), std::min(keys, (j / bs + 1) * bs) - j, D);
   };
 
   prefetch_block(k_cache, 0);
   for (std::int64_t j = 0; j < keys; ++j) {
     if (j % bs == 0) prefetch_block(k_cache, j + bs - j % bs);
-    const T* kr = row(k_cache, j);
+    const auto* kr = simd_row(k_cache, row_index(sh, it, j), D, tmp);
     for (std::int64_t h = 0; h < G; ++h) {
       __m512 acc = _mm512_setzero_ps();
       for (std::int64_t c = 0; c < nv; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qf + h * D + c * 16), load16(kr + c * 16), acc);
@@ -306,7 +348,7 @@ __attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const T* k
   prefetch_block(v_cache, 0);
   for (std::int64_t j = 0; j < keys; ++j) {
     if (j % bs == 0) prefetch_block(v_cache, j + bs - j % bs);
-    const T* vr = row(v_cache, j);
+    const auto* vr = simd_row(v_cache, row_index(sh, it, j), D, tmp);
     for (std::int64_t c = 0; c < nv; ++c) {
       const __m512 v = load16(vr + c * 16);
       for (std::int64_t h = 0; h < G; ++h) {
@@ -333,8 +375,8 @@ Isa detect_isa() {
   return Isa::kBaseline;
 }
 
-template <typename T>
-void dispatch(const T* q, const T* k, const T* v, T* out, const PagedAttentionShape& sh,
+template <typename T, typename Rows>
+void dispatch(const T* q, const Rows& k, const Rows& v, T* out, const PagedAttentionShape& sh,
               const PagedAttentionItem& it, std::vector<float>& scratch) {
   static const Isa isa = detect_isa();
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -345,20 +387,28 @@ void dispatch(const T* q, const T* k, const T* v, T* out, const PagedAttentionSh
   }
   if (isa == Isa::kAvx2) return attend_avx2(q, k, v, out, sh, it, scratch);
 #endif
-  attend<T, 4>(q, k, v, out, sh, it, scratch);
+  attend<T, Rows, 4>(q, k, v, out, sh, it, scratch);
 }
 
 }  // namespace
 
-void paged_attention_item(const float* q, const float* k_cache, const float* v_cache, float* out,
+template <typename T, typename Rows>
+void paged_attention_item(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
                           const PagedAttentionShape& shape, const PagedAttentionItem& item,
                           std::vector<float>& scratch) {
   dispatch(q, k_cache, v_cache, out, shape, item, scratch);
 }
-void paged_attention_item(const c10::BFloat16* q, const c10::BFloat16* k_cache, const c10::BFloat16* v_cache,
-                          c10::BFloat16* out, const PagedAttentionShape& shape, const PagedAttentionItem& item,
-                          std::vector<float>& scratch) {
-  dispatch(q, k_cache, v_cache, out, shape, item, scratch);
-}
+
+#define LLMCTL_PAGED_ATTENTION_ITEM(T, Rows)                                                              \
+  template void paged_attention_item<T, Rows>(const T*, const Rows&, const Rows&, T*,                    \
+                                              const PagedAttentionShape&, const PagedAttentionItem&, \
+                                              std::vector<float>&);
+LLMCTL_PAGED_ATTENTION_ITEM(float, DenseRows<float>)
+LLMCTL_PAGED_ATTENTION_ITEM(float, QuantRows<8>)
+LLMCTL_PAGED_ATTENTION_ITEM(float, QuantRows<4>)
+LLMCTL_PAGED_ATTENTION_ITEM(c10::BFloat16, DenseRows<c10::BFloat16>)
+LLMCTL_PAGED_ATTENTION_ITEM(c10::BFloat16, QuantRows<8>)
+LLMCTL_PAGED_ATTENTION_ITEM(c10::BFloat16, QuantRows<4>)
+#undef LLMCTL_PAGED_ATTENTION_ITEM
 
 }  // namespace llmctl::kernels::cpu

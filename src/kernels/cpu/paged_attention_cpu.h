@@ -23,13 +23,26 @@ struct PagedAttentionItem {
   const std::int32_t* block_table;  // the sequence's blocks, in position order
 };
 
+// K or V of one layer as the kernel reads it; row r = (block * kv_heads + kv_head) *
+// block_size + slot holds head_dim values ...
+template <typename T>
+struct DenseRows {
+  const T* data;  // ... at data + r * head_dim
+};
+// ... or, quantised (kernels::KvCache), head_dim * Bits / 8 bytes of codes at
+// codes + r * head_dim * Bits / 8 and x = code * params[2r] + params[2r + 1].
+template <int Bits>
+struct QuantRows {
+  const std::uint8_t* codes;
+  const float* params;
+};
+
 // out rows [row_begin, row_end) x the group's heads = causal softmax(q k^T * scale) v over
 // cache positions 0 .. first_pos + (row_end - row_begin) - 1.
-void paged_attention_item(const float* q, const float* k_cache, const float* v_cache, float* out,
+// T: float or c10::BFloat16; Rows: DenseRows<T>, QuantRows<8> or QuantRows<4>.
+template <typename T, typename Rows>
+void paged_attention_item(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
                           const PagedAttentionShape& shape, const PagedAttentionItem& item,
-                          std::vector<float>& scratch);
-void paged_attention_item(const c10::BFloat16* q, const c10::BFloat16* k_cache, const c10::BFloat16* v_cache,
-                          c10::BFloat16* out, const PagedAttentionShape& shape, const PagedAttentionItem& item,
                           std::vector<float>& scratch);
 
 }  // namespace llmctl::kernels::cpu
