@@ -280,6 +280,8 @@ void add_bench(CLI::App& app) {
     Engine engine(o->model, cfg);
     nlohmann::json j = {{"model", o->model},
                         {"dtype", cfg.dtype},
+                        {"kv_dtype", cfg.kv_dtype},
+                        {"kv_blocks", engine.num_blocks()},
                         {"threads", at::get_num_threads()},
                         {"max_num_seqs", cfg.max_num_seqs},
                         {"max_num_batched_tokens", cfg.max_num_batched_tokens}};
@@ -318,6 +320,8 @@ void add_bench(CLI::App& app) {
       const double ratio = tg_tps > 0 ? t.output_tokens / t.wall_s / tg_tps : 0.0;
       if (ratio > 0) j["throughput"]["vs_batch1_decode"] = ratio;
       if (!o->json) {
+        std::printf("KV cache: %d blocks of %d tokens, kv dtype %s\n", engine.num_blocks(), cfg.block_size,
+                    cfg.kv_dtype == "auto" ? cfg.dtype.c_str() : cfg.kv_dtype.c_str());
         std::printf("throughput: %d requests, %lld prompt + %lld output tokens in %.1f s\n", t.requests,
                     static_cast<long long>(t.input_tokens), static_cast<long long>(t.output_tokens), t.wall_s);
         std::printf("  output %.1f tok/s, total %.1f tok/s, %lld preemptions, %.1f%% of step time outside the model\n",

@@ -197,8 +197,10 @@ void add_chat(CLI::App& app) {
     }
     const bool tty = isatty(STDIN_FILENO);
     if (tty)
-      std::fprintf(stderr, "llmctl chat: %s. /reset, /system TEXT, /exit; Ctrl-C stops an answer.\n",
-                   o->model.c_str());
+      std::fprintf(stderr, "llmctl chat: %s (KV cache %s). /reset, /system TEXT, /exit; Ctrl-C stops an answer.\n",
+                   o->model.c_str(),
+                   engine.config().kv_dtype == "auto" ? engine.config().dtype.c_str()
+                                                      : engine.config().kv_dtype.c_str());
     std::string line;
     while (true) {
       if (tty) std::fprintf(stderr, "> ");

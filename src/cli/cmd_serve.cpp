@@ -97,6 +97,9 @@ void add_serve(CLI::App& app) {
 
     auto engine = std::make_unique<Engine>(o->model, o->engine.get());
     if (!engine->has_tokenizer()) throw Error("--model " + o->model + " has no tokenizer; the server needs one");
+    const auto& ec = engine->config();
+    const std::string kv_desc = cat(engine->num_blocks(), " blocks of ", ec.block_size, " tokens, ",
+                                    ec.kv_dtype == "auto" ? ec.dtype : ec.kv_dtype);
     if (o->server.model_name.empty())
       o->server.model_name = std::filesystem::path(o->model).lexically_normal().filename().string();
     if (o->server.model_name.empty() || o->server.model_name == ".")
@@ -105,7 +108,8 @@ void add_serve(CLI::App& app) {
     serve::Server server(async, o->server);
     const int port = server.bind();
     log::info(cat("serving '", o->server.model_name, "' on http://", o->server.host, ":", port,
-                  o->server.api_key.empty() ? "" : " (API key required)"));
+                  o->server.api_key.empty() ? "" : " (API key required)", "; KV cache ",
+                  kv_desc));
 
     std::atomic<bool> done{false};
     std::thread watcher([&] { watch_signals(set, server, done); });

@@ -56,6 +56,11 @@ void EngineFlags::add_to(CLI::App* sub) {
   g->add_option("--num-blocks", cfg.num_blocks, "KV cache pool size in blocks (0: from --kv-cache-gb)")
       ->capture_default_str();
   g->add_option("--block-size", cfg.block_size, "Tokens per KV cache block")->capture_default_str();
+  g->add_option("--kv-dtype", cfg.kv_dtype,
+                "KV cache storage: auto (the model dtype), int8 or int4 (per token and head, asymmetric scale and "
+                "zero beside each row; about 1.8x / 3.2x more tokens than bf16 in the same --kv-cache-gb)")
+      ->check(CLI::IsMember({"auto", "int8", "int4"}))
+      ->capture_default_str();
   g->add_option("--max-num-seqs", cfg.max_num_seqs, "Most sequences running in one batch")->capture_default_str();
   g->add_option("--max-num-batched-tokens", cfg.max_num_batched_tokens,
                 "Token budget of one step; longer prefills are chunked")

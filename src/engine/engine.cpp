@@ -6,6 +6,7 @@
 #include "llmctl/convert/gguf_convert.h"
 #include "llmctl/engine/block_manager.h"
 #include "llmctl/engine/model_runner.h"
+#include "llmctl/kernels/paged_attention.h"
 #include "llmctl/engine/scheduler.h"
 #include "llmctl/engine/text_stream.h"
 #include "llmctl/io/model_dir.h"
@@ -49,7 +50,8 @@ Engine::Engine(const std::string& model_dir, const EngineConfig& cfg) : cfg_(cfg
       std::find(eos_ids_.begin(), eos_ids_.end(), tokenizer_->eos_id()) == eos_ids_.end())
     eos_ids_.push_back(tokenizer_->eos_id());
 
-  const auto block_bytes = ModelRunner::block_bytes(model_cfg_, cfg_.block_size, dtype);
+  const int kv_bits = kernels::kv_cache_bits(cfg_.kv_dtype);
+  const auto block_bytes = ModelRunner::block_bytes(model_cfg_, cfg_.block_size, dtype, kv_bits);
   int num_blocks = cfg_.num_blocks;
   if (num_blocks <= 0) {
     if (!(cfg_.kv_cache_gb > 0)) throw Error("--kv-cache-gb must be positive (or give --num-blocks)");
@@ -62,7 +64,7 @@ Engine::Engine(const std::string& model_dir, const EngineConfig& cfg) : cfg_(cfg
 
   {
     auto model = load_model(model_dir, device, torch::kFloat32);
-    runner_ = std::make_unique<ModelRunner>(model, dtype, num_blocks, cfg_.block_size, cfg_.max_model_len);
+    runner_ = std::make_unique<ModelRunner>(model, dtype, num_blocks, cfg_.block_size, cfg_.max_model_len, kv_bits);
   }
   blocks_ = std::make_unique<BlockManager>(num_blocks, cfg_.block_size, cfg_.prefix_caching);
   scheduler_ = std::make_unique<Scheduler>(SchedulerConfig{cfg_.max_num_seqs, cfg_.max_num_batched_tokens}, *blocks_);

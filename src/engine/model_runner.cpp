@@ -24,13 +24,13 @@ torch::Tensor cat_or_undef(std::vector<torch::Tensor> parts) {
 
 }  // namespace
 
-std::int64_t ModelRunner::block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype) {
-  return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * block_size * cfg.head_dim *
-         static_cast<std::int64_t>(c10::elementSize(dtype));
+std::int64_t ModelRunner::block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype, int kv_bits) {
+  return 2 * cfg.num_hidden_layers *
+         kernels::kv_cache_block_bytes(cfg.num_key_value_heads, block_size, cfg.head_dim, dtype, kv_bits);
 }
 
 ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size,
-                         int max_model_len)
+                         int max_model_len, int kv_bits)
     : cfg_(model->config()), block_size_(block_size) {
   torch::NoGradGuard no_grad;
   auto conv = [&](const torch::Tensor& t) { return t.defined() ? t.detach().to(dtype).contiguous() : t; };
@@ -55,16 +55,10 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
         conv(torch::cat({param(m, "mlp.gate_proj.weight"), param(m, "mlp.up_proj.weight")}, 0)),
         conv(cat_or_undef({param(m, "mlp.gate_proj.bias"), param(m, "mlp.up_proj.bias")})));
     L.down = kernels::PackedLinear(conv(param(m, "mlp.down_proj.weight")), conv(param(m, "mlp.down_proj.bias")));
-    const std::vector<std::int64_t> cache_shape{num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim};
-    if (opts.device().is_cpu()) {
-      // Not zeroed: attention only reads positions that were written (tested with NaN
-      // filling the rest), and untouched pages then cost neither startup time nor memory.
-      L.k_cache = kernels::empty_huge_pages(cache_shape, dtype);
-      L.v_cache = kernels::empty_huge_pages(cache_shape, dtype);
-    } else {
-      L.k_cache = torch::zeros(cache_shape, opts);
-      L.v_cache = torch::zeros(cache_shape, opts);
-    }
+    // On the CPU not zeroed (huge pages; attention only reads positions that were written).
+    for (auto* c : {&L.k_cache, &L.v_cache})
+      *c = kernels::empty_kv_cache(num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim, dtype, kv_bits,
+                                   opts.device());
     layers_.push_back(std::move(L));
   }
   auto positions = torch::arange(max_model_len, torch::TensorOptions().dtype(torch::kInt64).device(opts.device()));

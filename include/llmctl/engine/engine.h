@@ -27,6 +27,7 @@ struct Sequence;
 struct EngineConfig {
   std::string device = "cpu";
   std::string dtype = "f32";     // model weights, activations and KV cache
+  std::string kv_dtype = "auto"; // KV cache: "auto" (= dtype) | "int8" | "int4" (per token and head, asymmetric)
   int block_size = 16;           // tokens per KV block
   int num_blocks = 0;            // KV pool size; 0: from kv_cache_gb
   double kv_cache_gb = 1.0;

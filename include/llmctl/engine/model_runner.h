@@ -10,6 +10,7 @@
 
 #include "llmctl/engine/scheduler.h"
 #include "llmctl/kernels/linear.h"
+#include "llmctl/kernels/paged_attention.h"
 #include "llmctl/model/config.h"
 #include "llmctl/model/transformer.h"
 
@@ -18,8 +19,10 @@ namespace llmctl {
 class ModelRunner {
  public:
   // Takes the weights of `model` (which may be dropped afterwards) in `dtype`, and
-  // allocates num_blocks cache blocks of block_size tokens for every layer.
-  ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size, int max_model_len);
+  // allocates num_blocks cache blocks of block_size tokens for every layer. kv_bits: 0 keeps
+  // the KV cache in `dtype`, 8 / 4 quantises it (kernels::KvCache).
+  ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size, int max_model_len,
+              int kv_bits = 0);
 
   // Logits (fp32, [rows, vocab]) for batch[i] where wants_logits[i], in batch order: the
   // prediction after that sequence's last scheduled token.
@@ -29,14 +32,14 @@ class ModelRunner {
   // slots, block tables): engine overhead rather than model time.
   double last_prepare_s() const { return last_prepare_s_; }
   const ModelConfig& config() const { return cfg_; }
-  // Bytes of K and V for one block over all layers.
-  static std::int64_t block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype);
+  // Bytes of K and V for one block over all layers (quantised: codes plus scale and zero).
+  static std::int64_t block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype, int kv_bits = 0);
 
  private:
   struct Layer {
     torch::Tensor input_norm, q_norm, k_norm, post_norm;
     kernels::PackedLinear qkv, o, gate_up, down;
-    torch::Tensor k_cache, v_cache;  // [num_blocks, kv_heads, block_size, head_dim]
+    kernels::KvCache k_cache, v_cache;  // [num_blocks, kv_heads, block_size, head_dim (codes)]
   };
   ModelConfig cfg_;
   int block_size_;
