@@ -64,7 +64,12 @@ Engine::Engine(const std::string& model_dir, const EngineConfig& cfg) : cfg_(cfg
 
   {
     auto model = load_model(model_dir, device, torch::kFloat32);
-    runner_ = std::make_unique<ModelRunner>(model, dtype, num_blocks, cfg_.block_size, cfg_.max_model_len, kv_bits);
+    // AWQ directories: the projections run on the int4 weights (the model holds them
+    // dequantized, for everything else).
+    AwqLinears awq;
+    if (model_cfg_.quantization.enabled()) awq = load_awq_linears(model_dir);
+    runner_ = std::make_unique<ModelRunner>(model, dtype, num_blocks, cfg_.block_size, cfg_.max_model_len,
+                                            awq.empty() ? nullptr : &awq, kv_bits);
   }
   blocks_ = std::make_unique<BlockManager>(num_blocks, cfg_.block_size, cfg_.prefix_caching);
   scheduler_ = std::make_unique<Scheduler>(SchedulerConfig{cfg_.max_num_seqs, cfg_.max_num_batched_tokens}, *blocks_);

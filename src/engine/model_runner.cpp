@@ -22,6 +22,10 @@ torch::Tensor cat_or_undef(std::vector<torch::Tensor> parts) {
   return torch::cat(parts, 0);
 }
 
+AwqTensor awq_to(const AwqTensor& t, const torch::Device& device) {
+  return {t.qweight.to(device), t.qzeros.to(device), t.scales.to(device), t.group_size};
+}
+
 }  // namespace
 
 std::int64_t ModelRunner::block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype, int kv_bits) {
@@ -30,7 +34,7 @@ std::int64_t ModelRunner::block_bytes(const ModelConfig& cfg, int block_size, to
 }
 
 ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size,
-                         int max_model_len, int kv_bits)
+                         int max_model_len, const AwqLinears* awq, int kv_bits)
     : cfg_(model->config()), block_size_(block_size) {
   torch::NoGradGuard no_grad;
   auto conv = [&](const torch::Tensor& t) { return t.defined() ? t.detach().to(dtype).contiguous() : t; };
@@ -38,23 +42,33 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
   final_norm_ = conv(model->model->norm->weight);
   lm_head_ = kernels::PackedLinear(model->lm_head ? conv(model->lm_head->weight) : embed_, {});
   const auto opts = embed_.options();
-  for (const auto& l : *model->model->layers) {
-    const auto& m = *l;
+  for (std::size_t i = 0; i < model->model->layers->size(); ++i) {
+    const auto& m = *model->model->layers[i];
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    // One projection over the modules side by side (q|k|v, gate|up): int4 when all of them
+    // are AWQ linears, else the model's fp weights.
+    auto fused = [&](const std::vector<std::string>& modules) {
+      std::vector<torch::Tensor> weights, biases;
+      std::vector<AwqTensor> quantized;
+      for (const auto& name : modules) {
+        weights.push_back(param(m, name + ".weight"));
+        biases.push_back(param(m, name + ".bias"));
+        if (awq && awq->count(prefix + name)) quantized.push_back(awq->at(prefix + name));
+      }
+      auto bias = conv(cat_or_undef(biases));
+      if (quantized.size() == modules.size())
+        return kernels::PackedLinear(awq_to(awq_concat_out(quantized), opts.device()), bias);
+      return kernels::PackedLinear(conv(torch::cat(weights, 0)), bias);
+    };
     Layer L;
     L.input_norm = conv(param(m, "input_layernorm.weight"));
     L.post_norm = conv(param(m, "post_attention_layernorm.weight"));
-    L.qkv = kernels::PackedLinear(
-        conv(torch::cat({param(m, "self_attn.q_proj.weight"), param(m, "self_attn.k_proj.weight"),
-                         param(m, "self_attn.v_proj.weight")}, 0)),
-        conv(cat_or_undef({param(m, "self_attn.q_proj.bias"), param(m, "self_attn.k_proj.bias"),
-                           param(m, "self_attn.v_proj.bias")})));
+    L.qkv = fused({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"});
     L.q_norm = conv(param(m, "self_attn.q_norm.weight"));
     L.k_norm = conv(param(m, "self_attn.k_norm.weight"));
-    L.o = kernels::PackedLinear(conv(param(m, "self_attn.o_proj.weight")), conv(param(m, "self_attn.o_proj.bias")));
-    L.gate_up = kernels::PackedLinear(
-        conv(torch::cat({param(m, "mlp.gate_proj.weight"), param(m, "mlp.up_proj.weight")}, 0)),
-        conv(cat_or_undef({param(m, "mlp.gate_proj.bias"), param(m, "mlp.up_proj.bias")})));
-    L.down = kernels::PackedLinear(conv(param(m, "mlp.down_proj.weight")), conv(param(m, "mlp.down_proj.bias")));
+    L.o = fused({"self_attn.o_proj"});
+    L.gate_up = fused({"mlp.gate_proj", "mlp.up_proj"});
+    L.down = fused({"mlp.down_proj"});
     // On the CPU not zeroed (huge pages; attention only reads positions that were written).
     for (auto* c : {&L.k_cache, &L.v_cache})
       *c = kernels::empty_kv_cache(num_blocks, cfg_.num_key_value_heads, block_size, cfg_.head_dim, dtype, kv_bits,

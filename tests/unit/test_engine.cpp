@@ -394,7 +394,8 @@ TEST(AsyncEngine, CancelFreesBlocksAndOverloadIsRefused) {
 
 TEST(AsyncEngine, RequestsPastTheirDeadlineEndWithTimeout) {
   TinyModel m;
-  serve::AsyncEngine engine(tiny_engine(m), {/*max_queue=*/4, /*request_timeout_s=*/0.05});
+  // 5 ms: far less than 480 decode steps take on any machine (0.05 s was not, unloaded)
+  serve::AsyncEngine engine(tiny_engine(m), {/*max_queue=*/4, /*request_timeout_s=*/0.005});
   engine.start();
   auto h = engine.submit({{1, 2}}, {greedy_params(480)}, -1);
   const auto evs = drain(*h);

@@ -4,6 +4,7 @@
 // sequence's blocks, and logits only for the sequences that sample this step. It owns the
 // KV cache pool and an inference copy of the weights, packed for the CPU GEMM, with q/k/v
 // and gate/up fused into one projection each (one weight stream instead of three / two).
+// With AWQ linears the projections run on the int4 weights instead (kernels/linear.h).
 #include <torch/torch.h>
 
 #include <vector>
@@ -13,16 +14,18 @@
 #include "llmctl/kernels/paged_attention.h"
 #include "llmctl/model/config.h"
 #include "llmctl/model/transformer.h"
+#include "llmctl/quant/awq.h"
 
 namespace llmctl {
 
 class ModelRunner {
  public:
   // Takes the weights of `model` (which may be dropped afterwards) in `dtype`, and
-  // allocates num_blocks cache blocks of block_size tokens for every layer. kv_bits: 0 keeps
-  // the KV cache in `dtype`, 8 / 4 quantises it (kernels::KvCache).
+  // allocates num_blocks cache blocks of block_size tokens for every layer. Linears found
+  // in `awq` (by HF module name) use those int4 weights rather than the model's. kv_bits:
+  // 0 keeps the KV cache in `dtype`, 8 / 4 quantises it (kernels::KvCache).
   ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_blocks, int block_size, int max_model_len,
-              int kv_bits = 0);
+              const AwqLinears* awq = nullptr, int kv_bits = 0);
 
   // Logits (fp32, [rows, vocab]) for batch[i] where wants_logits[i], in batch order: the
   // prediction after that sequence's last scheduled token.
