@@ -71,6 +71,15 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
 
 }  // namespace
 
+// The training targets of a rendered sample, decoded in order.
+static std::string learned_text(const Tokenizer& tok, const std::vector<std::int32_t>& ids,
+                         const std::vector<std::uint8_t>& mask) {
+  std::vector<int> learned;
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (mask[i]) learned.push_back(ids[i]);
+  return tok.decode(learned);
+}
+
 TEST(SftMask, OnlyAssistantContentAndItsImEndAreTargets) {
   auto tok = Tokenizer::load(shared_tokenizer());
   std::vector<Message> conv = {{"system", "You are helpful."},
@@ -83,13 +92,9 @@ TEST(SftMask, OnlyAssistantContentAndItsImEndAreTargets) {
   render_sft_sample(tok, conv, 1000, ids, mask);
   ASSERT_EQ(ids.size(), mask.size());
   // The whole sample is exactly the ChatML rendering.
-  std::vector<int> as_int(ids.begin(), ids.end());
-  EXPECT_EQ(tok.decode(as_int), Tokenizer::render_chatml(conv, false));
+  EXPECT_EQ(tok.decode(std::vector<int>(ids.begin(), ids.end())), Tokenizer::render_chatml(conv, false));
   // The masked tokens, in order, spell the two answers each closed by <|im_end|>.
-  std::vector<int> learned;
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    if (mask[i]) learned.push_back(ids[i]);
-  EXPECT_EQ(tok.decode(learned), "Amen.<|im_end|>Amen and amen.<|im_end|>");
+  EXPECT_EQ(learned_text(tok, ids, mask), "Amen.<|im_end|>Amen and amen.<|im_end|>");
   // Every target run starts right after "<|im_start|>assistant\n" and ends on <|im_end|>.
   const auto header = tok.encode("assistant\n", false);
   for (std::size_t i = 1; i < ids.size(); ++i) {
@@ -123,7 +128,7 @@ TEST(SftMask, RightTruncationKeepsThePrefix) {
 }
 
 // The shared tokenizer plus Llama 3's header and end-of-turn tokens, with Llama 3's template.
-Tokenizer llama3_tokenizer() {
+static Tokenizer llama3_tokenizer() {
   auto base = Tokenizer::load(shared_tokenizer());
   auto vocab = base.vocabulary();
   for (const char* s : {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"})
@@ -143,13 +148,9 @@ TEST(SftMask, FollowsTheTokenizersChatFormat) {
   std::vector<std::uint8_t> mask;
   render_sft_sample(tok, conv, 1000, ids, mask);
   ASSERT_EQ(ids.size(), mask.size());
-  std::vector<int> as_int(ids.begin(), ids.end());
-  EXPECT_EQ(tok.decode(as_int), render_chat(conv, ChatFormat::Llama3, false));
+  EXPECT_EQ(tok.decode(std::vector<int>(ids.begin(), ids.end())), render_chat(conv, ChatFormat::Llama3, false));
   EXPECT_EQ(ids[0], tok.piece_to_id("<|begin_of_text|>"));
-  std::vector<int> learned;
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    if (mask[i]) learned.push_back(ids[i]);
-  EXPECT_EQ(tok.decode(learned), "Amen.<|eot_id|>Amen and amen.<|eot_id|>");
+  EXPECT_EQ(learned_text(tok, ids, mask), "Amen.<|eot_id|>Amen and amen.<|eot_id|>");
   auto prompt = render_generation_prompt(tok, {conv[0]});
   EXPECT_EQ(tok.decode(prompt), render_chat({conv[0]}, ChatFormat::Llama3, true));
   EXPECT_TRUE(std::equal(prompt.begin(), prompt.end(), ids.begin()));
