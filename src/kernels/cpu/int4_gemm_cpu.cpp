@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <type_traits>
 
 #include "simd.h"
 
@@ -198,17 +199,6 @@ LLMCTL_VNNI void tile_vnni(const Int4Weights& w, const std::int8_t* xq, const fl
     }
 }
 
-// Largest of the 16 lanes (the maskz forms: see simd.h).
-LLMCTL_VNNI inline float hmax16(__m512 v) {
-  const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 0));
-  const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 1));
-  const __m256 m8 = _mm256_max_ps(lo, hi);
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  return _mm_cvtss_f32(m4);
-}
-
 template <typename X>
 LLMCTL_VNNI void quantize_vnni(const X* x, std::int64_t ldx, std::int64_t k, std::int64_t r0, std::int64_t r1,
                                std::int8_t* xq, float* xs, float* xsz) {
@@ -250,41 +240,57 @@ void tiled(std::int64_t m, std::int64_t n0, std::int64_t n1, Tile&& tile) {
   }
 }
 
+// Calls f(integral_constant<a>, integral_constant<b>) for the runtime tile shape
+// a = mb <= MB, b = nb <= NB: the tails of tiled() reach their compile-time kernels.
+template <int MB, int NB, typename F>
+void with_tile_shape(std::int64_t mb, std::int64_t nb, F&& f) {
+  if constexpr (MB > 1)
+    if (mb < MB) return with_tile_shape<MB - 1, NB>(mb, nb, f);
+  if constexpr (NB > 1)
+    if (nb < NB) return with_tile_shape<MB, NB - 1>(mb, nb, f);
+  f(std::integral_constant<int, MB>{}, std::integral_constant<int, NB>{});
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
+// y rows [0, m) x columns [n0, n1) by tiles of up to MB x NB, each computed by
+// Kernel::run<a, b>(w, xq, xs, xsz, n, bias, y, ldy) on its rows' slices.
+template <int MB, int NB, typename Kernel, typename Y>
+void gemm_tiles(const Int4Weights& w, const std::int8_t* xq, const float* xs, const float* xsz, std::int64_t m,
+                std::int64_t n0, std::int64_t n1, const float* bias, Y* y, std::int64_t ldy) {
+  const std::int64_t G = w.k / kG;
+  tiled<MB, NB>(m, n0, n1, [&](std::int64_t r, std::int64_t n, std::int64_t mb, std::int64_t nb) {
+    with_tile_shape<MB, NB>(mb, nb, [&](auto a, auto b) {
+      Kernel::template run<decltype(a)::value, decltype(b)::value>(w, xq + r * w.k, xs + r * G, xsz + r * G, n,
+                                                                    bias, y + r * ldy, ldy);
+    });
+  });
+}
+
+struct VnniTile {
+  template <int MB, int NB, typename Y>
+  static void run(const Int4Weights& w, const std::int8_t* xq, const float* xs, const float* xsz, std::int64_t n,
+                  const float* bias, Y* y, std::int64_t ldy) {
+    tile_vnni<MB, NB>(w, xq, xs, xsz, n, bias, y, ldy);
+  }
+};
+struct Avx2Tile {
+  template <int MB, int NB, typename Y>
+  static void run(const Int4Weights& w, const std::int8_t* xq, const float* xs, const float* xsz, std::int64_t n,
+                  const float* bias, Y* y, std::int64_t ldy) {
+    tile_avx2<MB, NB>(w, xq, xs, xsz, n, bias, y, ldy);
+  }
+};
+
 template <typename Y>
 void gemm_vnni(const Int4Weights& w, const std::int8_t* xq, const float* xs, const float* xsz, std::int64_t m,
                std::int64_t n0, std::int64_t n1, const float* bias, Y* y, std::int64_t ldy) {
-  constexpr int MB = 4, NB = 4;
-  const std::int64_t G = w.k / kG;
-  tiled<MB, NB>(m, n0, n1, [&](std::int64_t r, std::int64_t n, std::int64_t mb, std::int64_t nb) {
-    const std::int8_t* xr = xq + r * w.k;
-    const float *sr = xs + r * G, *zr = xsz + r * G;
-    Y* yr = y + r * ldy;
-#define LLMCTL_TILE(a, b) \
-  if (mb == a && nb == b) return tile_vnni<a, b>(w, xr, sr, zr, n, bias, yr, ldy)
-    LLMCTL_TILE(4, 4); LLMCTL_TILE(1, 4); LLMCTL_TILE(2, 4); LLMCTL_TILE(3, 4);
-    LLMCTL_TILE(4, 1); LLMCTL_TILE(4, 2); LLMCTL_TILE(4, 3);
-    LLMCTL_TILE(1, 1); LLMCTL_TILE(1, 2); LLMCTL_TILE(1, 3);
-    LLMCTL_TILE(2, 1); LLMCTL_TILE(2, 2); LLMCTL_TILE(2, 3);
-    LLMCTL_TILE(3, 1); LLMCTL_TILE(3, 2); LLMCTL_TILE(3, 3);
-#undef LLMCTL_TILE
-  });
+  gemm_tiles<4, 4, VnniTile>(w, xq, xs, xsz, m, n0, n1, bias, y, ldy);
 }
 
 template <typename Y>
 void gemm_avx2(const Int4Weights& w, const std::int8_t* xq, const float* xs, const float* xsz, std::int64_t m,
                std::int64_t n0, std::int64_t n1, const float* bias, Y* y, std::int64_t ldy) {
-  constexpr int MB = 2, NB = 2;
-  const std::int64_t G = w.k / kG;
-  tiled<MB, NB>(m, n0, n1, [&](std::int64_t r, std::int64_t n, std::int64_t mb, std::int64_t nb) {
-    const std::int8_t* xr = xq + r * w.k;
-    const float *sr = xs + r * G, *zr = xsz + r * G;
-    Y* yr = y + r * ldy;
-    if (mb == 2 && nb == 2) return tile_avx2<2, 2>(w, xr, sr, zr, n, bias, yr, ldy);
-    if (mb == 1 && nb == 2) return tile_avx2<1, 2>(w, xr, sr, zr, n, bias, yr, ldy);
-    if (mb == 2 && nb == 1) return tile_avx2<2, 1>(w, xr, sr, zr, n, bias, yr, ldy);
-    tile_avx2<1, 1>(w, xr, sr, zr, n, bias, yr, ldy);
-  });
+  gemm_tiles<2, 2, Avx2Tile>(w, xq, xs, xsz, m, n0, n1, bias, y, ldy);
 }
 #endif
 

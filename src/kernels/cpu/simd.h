@@ -84,16 +84,20 @@ inline __attribute__((target("avx512f"), always_inline)) __m512 load16(const c10
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16));
 }
-// Sum of the 16 lanes (halving tree).
-inline __attribute__((target("avx512f"), always_inline)) float hsum16(__m512 v) {
+// Sum (or largest) of the 16 lanes, by a halving tree.
+template <bool kMax>
+inline __attribute__((target("avx512f"), always_inline)) float reduce16(__m512 v) {
   const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 0));
   const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 1));
-  const __m256 s8 = _mm256_add_ps(lo, hi);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  return _mm_cvtss_f32(s4);
+  const __m256 r8 = kMax ? _mm256_max_ps(lo, hi) : _mm256_add_ps(lo, hi);
+  const __m128 a = _mm256_castps256_ps128(r8), b = _mm256_extractf128_ps(r8, 1);
+  __m128 r4 = kMax ? _mm_max_ps(a, b) : _mm_add_ps(a, b);
+  r4 = kMax ? _mm_max_ps(r4, _mm_movehl_ps(r4, r4)) : _mm_add_ps(r4, _mm_movehl_ps(r4, r4));
+  r4 = kMax ? _mm_max_ss(r4, _mm_movehdup_ps(r4)) : _mm_add_ss(r4, _mm_movehdup_ps(r4));
+  return _mm_cvtss_f32(r4);
 }
+inline __attribute__((target("avx512f"), always_inline)) float hsum16(__m512 v) { return reduce16<false>(v); }
+inline __attribute__((target("avx512f"), always_inline)) float hmax16(__m512 v) { return reduce16<true>(v); }
 #endif
 
 }  // namespace llmctl::kernels::cpu
