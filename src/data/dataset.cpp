@@ -152,9 +152,9 @@ class ItemReader {
 // pieces split at special tokens, so inference, which encodes the whole rendered prompt,
 // sees the same ids.
 template <typename Id>
-void render_conversation(const Tokenizer& tok, const std::vector<Message>& conv, bool add_generation_prompt,
-                         std::size_t max_tokens, std::vector<Id>& ids, std::vector<std::uint8_t>* mask) {
-  const auto tmpl = ChatTemplate::from_template(tok.chat_template());
+void render_conversation(const Tokenizer& tok, const ChatTemplate& tmpl, const std::vector<Message>& conv,
+                         bool add_generation_prompt, std::size_t max_tokens, std::vector<Id>& ids,
+                         std::vector<std::uint8_t>* mask) {
   const std::string after_end = tmpl.info().after_end;
   std::string done;  // the rendered text encoded so far
   auto add = [&](const std::string& text, std::uint8_t m) {
@@ -190,8 +190,20 @@ void render_conversation(const Tokenizer& tok, const std::vector<Message>& conv,
   if (add_generation_prompt) add(extend_to(tmpl.render(prefix, true)), 0);
 }
 
-void check_chat_tokens(const Tokenizer& tok) {
-  const auto& fmt = ChatTemplate::from_template(tok.chat_template()).info();
+// render_sft_sample with the template already read (once per dataset, not per sample).
+void render_sft_ids(const Tokenizer& tok, const ChatTemplate& tmpl, const std::vector<Message>& conv,
+                    std::size_t max_tokens, std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask) {
+  ids.clear();
+  mask.clear();
+  render_conversation(tok, tmpl, conv, false, max_tokens, ids, &mask);
+  if (ids.size() > max_tokens) {
+    ids.resize(max_tokens);
+    mask.resize(max_tokens);
+  }
+}
+
+void check_chat_tokens(const Tokenizer& tok, const ChatTemplate& tmpl) {
+  const auto& fmt = tmpl.info();
   if (tok.piece_to_id(fmt.end_token) < 0)
     throw Error("the tokenizer has no " + std::string(fmt.end_token) + " token, which ends a turn in its chat format (" +
                 fmt.name + "): SFT would teach the model to spell it out instead of stopping");
@@ -201,26 +213,21 @@ void check_chat_tokens(const Tokenizer& tok) {
 
 std::vector<int> render_generation_prompt(const Tokenizer& tok, const std::vector<Message>& conv) {
   std::vector<int> ids;
-  render_conversation(tok, conv, true, SIZE_MAX, ids, nullptr);
+  render_conversation(tok, ChatTemplate::from_template(tok.chat_template()), conv, true, SIZE_MAX, ids, nullptr);
   return ids;
 }
 
 void render_sft_sample(const Tokenizer& tok, const std::vector<Message>& conv, std::size_t max_tokens,
                        std::vector<std::int32_t>& ids, std::vector<std::uint8_t>& mask) {
-  ids.clear();
-  mask.clear();
-  render_conversation(tok, conv, false, max_tokens, ids, &mask);
-  if (ids.size() > max_tokens) {
-    ids.resize(max_tokens);
-    mask.resize(max_tokens);
-  }
+  render_sft_ids(tok, ChatTemplate::from_template(tok.chat_template()), conv, max_tokens, ids, mask);
 }
 
 TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Tokenizer& tok, SampleMode mode,
                                std::int64_t seq_len, const std::string& cache_dir, int threads, bool progress) {
   if (files.empty()) throw Error("--data: no input files given");
   if (seq_len < 2) throw Error("--seq-len must be at least 2");
-  if (mode == SampleMode::Sft) check_chat_tokens(tok);
+  const auto tmpl = ChatTemplate::from_template(tok.chat_template());
+  if (mode == SampleMode::Sft) check_chat_tokens(tok, tmpl);
   const std::string key = cache_key(files, tok, mode, seq_len);
   const std::string cache = cache_dir + "/tokens-" + key + ".bin";
   TokenizedData d;
@@ -249,7 +256,7 @@ TokenizedData load_or_tokenize(const std::vector<std::string>& files, const Toke
             ids[i].insert(ids[i].end(), v.begin(), v.end());
             if (tok.eos_id() >= 0) ids[i].push_back(tok.eos_id());
           } else {
-            render_sft_sample(tok, items[i].conv, window + 1, ids[i], masks[i]);
+            render_sft_ids(tok, tmpl, items[i].conv, window + 1, ids[i], masks[i]);
           }
         }
       });
