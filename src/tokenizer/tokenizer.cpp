@@ -5,6 +5,7 @@
 
 #include "backend.h"
 #include "llmctl/tokenizer/bpe.h"
+#include "llmctl/tokenizer/chat_format.h"
 #include "llmctl/util/error.h"
 #include "llmctl/util/fs.h"
 
@@ -156,16 +157,8 @@ void Tokenizer::read_config(const std::string& dir) {
   // chat_template: a string, or a list of {name, template} with a "default"; newer
   // transformers keep it in chat_template.jinja instead.
   const fs::path jinja = fs::path(dir) / "chat_template.jinja";
-  if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) {
-    chat_template_ = cfg["chat_template"].get<std::string>();
-  } else if (cfg.contains("chat_template") && cfg["chat_template"].is_array()) {
-    for (const auto& e : cfg["chat_template"])
-      if (e.is_object() && e.value("name", json()).is_string() && e["name"] == "default" && e.contains("template") &&
-          e["template"].is_string())
-        chat_template_ = e["template"].get<std::string>();
-  } else if (fs::exists(jinja)) {
-    chat_template_ = read_file(jinja.string());
-  }
+  chat_template_ = chat_template_of(cfg);
+  if (chat_template_.empty() && fs::exists(jinja)) chat_template_ = read_file(jinja.string());
   if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) add_bos_ = cfg["add_bos_token"].get<bool>();
   if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) add_eos_ = cfg["add_eos_token"].get<bool>();
   if (cfg.contains("model_max_length") && cfg["model_max_length"].is_number_integer()) {
