@@ -157,8 +157,11 @@ void Tokenizer::read_config(const std::string& dir) {
   // chat_template: a string, or a list of {name, template} with a "default"; newer
   // transformers keep it in chat_template.jinja instead.
   const fs::path jinja = fs::path(dir) / "chat_template.jinja";
-  chat_template_ = chat_template_of(cfg);
-  if (chat_template_.empty() && fs::exists(jinja)) chat_template_ = read_file(jinja.string());
+  // (without either, the ChatML default stays)
+  if (auto t = chat_template_of(cfg); !t.empty())
+    chat_template_ = std::move(t);
+  else if (fs::exists(jinja))
+    chat_template_ = read_file(jinja.string());
   if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) add_bos_ = cfg["add_bos_token"].get<bool>();
   if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) add_eos_ = cfg["add_eos_token"].get<bool>();
   if (cfg.contains("model_max_length") && cfg["model_max_length"].is_number_integer()) {
