@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libcpp-httplib-dev
   libpcre2-dev libutf8proc-dev  # byte-level BPE tokenizer.json: pre-tokenizer regexes, Unicode normalizers
   chromium chromium-driver  # tests: the web chat page in headless Chromium
+  bubblewrap  # llmctl agent: the sandbox model-written code runs in
 )
 VENV=.venv
 REQ=tools/requirements.txt

@@ -25,6 +25,7 @@ void add_bench(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_quantize(CLI::App& app);
+void add_agent(CLI::App& app);
 
 // Flags every model-running subcommand shares.
 struct RuntimeFlags {

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   llmctl::cli::add_serve(app);
   llmctl::cli::add_convert(app);
   llmctl::cli::add_quantize(app);
+  llmctl::cli::add_agent(app);
 
   try {
     app.parse(argc, argv);
