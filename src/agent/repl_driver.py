@@ -76,7 +76,8 @@ def stub_of(name, fn):
     except (TypeError, ValueError):
         sig = "(...)"
     doc = inspect.getdoc(fn) or ""
-    body = '    """%s"""\n' % doc.replace('"""', "'''") if doc else "    ...\n"
+    doc = doc.replace('"""', "'''").replace("\n", "\n    ")
+    body = '    """%s"""\n' % doc if doc else "    ...\n"
     return "def %s%s:\n%s" % (name, sig, body)
 
 

@@ -112,11 +112,10 @@ void run_agent(const Opts& o) {
     std::fprintf(stderr, "llmctl agent: model %s; code runs in a %s\n", backend->name().c_str(), sandbox.describe().c_str());
 
   int task_no = 0;
+  std::size_t seen = 0;  // messages already in the transcript (the system prompt comes with the first turn)
   auto run_task = [&](const std::string& task) {
     ++task_no;
-    std::size_t seen = agent.messages().size();
-    transcript.write({{"event", "task"}, {"task", task_no}, {"model", backend->name()}, {"user", task},
-                      {"messages", json::array()}});
+    transcript.write({{"event", "task"}, {"task", task_no}, {"model", backend->name()}, {"user", task}});
     agent::AgentHooks hooks;
     if (!o.json) {
       hooks.on_delta = [](const std::string& d) {
@@ -166,6 +165,7 @@ void run_agent(const Opts& o) {
     if (line == "/reset") {
       agent.reset();
       sandbox.restart();
+      seen = 0;
       transcript.write({{"event", "reset"}});
       if (tty) std::fprintf(stderr, "(conversation and interpreter reset)\n");
       continue;
