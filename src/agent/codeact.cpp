@@ -13,9 +13,9 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r");
+  const auto b = s.find_first_not_of(" \t\r\n");
   if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
 std::string lower(std::string s) {
@@ -33,7 +33,7 @@ std::vector<std::string> fenced_blocks(const std::string& answer) {
   std::string code;
   bool inside = false, python = false;
   std::size_t pos = 0;
-  while (pos <= answer.size()) {
+  while (pos < answer.size()) {
     const auto nl = std::min(answer.find('\n', pos), answer.size());
     const std::string line = answer.substr(pos, nl - pos);
     const std::string t = trim(line);

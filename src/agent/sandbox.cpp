@@ -405,7 +405,7 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
     if (res.truncated) res.output += "\n[output cut: " + std::to_string(total) + " bytes in all, only the first " +
                                      std::to_string(out.size()) + " shown]";
     if (!res.output.empty() && res.output.back() != '\n') res.output += '\n';
-    res.output += "[" + why + "; the interpreter was restarted: all variables, imports and functions are lost" +
+    res.output += "[" + why + "; the interpreter was restarted and its state is lost (all variables, imports and functions)" +
                   (tools_source_.empty() ? std::string("") : " (the tools were loaded again)") + "]";
     return res;
   }
