@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -99,6 +100,12 @@ void trim_partial_utf8(std::string& s) {
   if (need > back + 1) s.resize(i - 1);
 }
 
+std::string octal_mode(mode_t m) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%03o", static_cast<unsigned>(m & 0777));
+  return buf;
+}
+
 std::string describe_exit(int status) {
   if (WIFSIGNALED(status)) {
     const int sig = WTERMSIG(status);
@@ -143,9 +150,19 @@ Sandbox::Sandbox(SandboxConfig cfg) : cfg_(std::move(cfg)) {
     if (!fs::is_directory(cfg_.workdir)) throw Error("--workdir " + cfg_.workdir + ": not a directory");
     workdir_ = fs::absolute(cfg_.workdir).lexically_normal().string();
   }
-  // The code runs as nobody when we are root: the work dir must be its to write.
-  if (geteuid() == 0 && chown(workdir_.c_str(), kNobody, kNobody) != 0)
-    throw Error("cannot hand the work dir " + workdir_ + " to uid " + std::to_string(kNobody));
+  // The code runs as nobody when we are root: the work dir must be its to write, and
+  // bubblewrap (also nobody) must be able to reach it.
+  if (geteuid() == 0) {
+    if (chown(workdir_.c_str(), kNobody, kNobody) != 0)
+      throw Error("cannot hand the work dir " + workdir_ + " to uid " + std::to_string(kNobody));
+    for (auto p = fs::path(workdir_).parent_path(); sandboxed() && !p.empty(); p = p.parent_path()) {
+      struct stat st {};
+      if (stat(p.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH) && st.st_uid != kNobody)
+        throw Error("--workdir " + workdir_ + ": the sandbox runs code as uid " + std::to_string(kNobody) + ", which cannot enter " +
+                    p.string() + " (mode " + octal_mode(st.st_mode) + "); choose a dir it can reach, e.g. under /tmp");
+      if (p == p.root_path()) break;
+    }
+  }
   // A dead interpreter must not kill the agent when it writes the next command.
   std::signal(SIGPIPE, SIG_IGN);
 }
@@ -267,6 +284,7 @@ void Sandbox::start() {
     dup2(cmd_r, 3);
     dup2(res_w, 4);
     for (int fd = 5; fd < 1024; ++fd) close(fd);
+    if (chdir(cwd.c_str()) != 0) _exit(126);  // while still root (unsafe mode keeps this cwd)
     set_limit(RLIMIT_CORE, 0);
     set_limit(RLIMIT_AS, static_cast<rlim_t>(cfg_.memory_mb) << 20);
     set_limit(RLIMIT_FSIZE, static_cast<rlim_t>(cfg_.file_mb) << 20);
@@ -276,7 +294,6 @@ void Sandbox::start() {
     setrlimit(RLIMIT_CPU, &cpu);
     // Root is exempt from RLIMIT_NPROC and may read everything: drop to nobody for good.
     if (drop_root && (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0)) _exit(126);
-    if (chdir(cwd.c_str()) != 0) _exit(126);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
