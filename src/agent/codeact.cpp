@@ -81,7 +81,8 @@ std::vector<std::string> extract_code_blocks(const std::string& answer) {
 std::string codeact_system_prompt(const std::string& tool_stubs) {
   std::string p =
       "You are a helpful assistant that solves tasks by writing and running Python code.\n"
-      "To run code, put it in a ```python fenced block. The code runs in a persistent Python "
+      "Answer each message either with Python code to run (a step) or with plain text (a "
+      "question to the user, or the final answer). To run code, put it in a ```python fenced block. The code runs in a persistent Python "
       "interpreter: variables, imports and functions stay defined between blocks and turns. "
       "Use print() to see values. After each message with code you will get its output "
       "(stdout and stderr) in the next message. There is no network access; files can be "
@@ -99,7 +100,7 @@ std::string observation(const std::vector<ExecResult>& results, std::size_t bloc
   for (std::size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     if (results.size() > 1) out += "Block " + std::to_string(i + 1) + ":\n";
-    out += r.output.empty() ? "(no output)\n" : r.output;
+    out += r.output.empty() ? "<code ran, no output>\n" : r.output;
     if (!out.empty() && out.back() != '\n') out += '\n';
   }
   if (results.size() < blocks)
