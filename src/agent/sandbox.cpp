@@ -69,6 +69,9 @@ void set_limit(int resource, rlim_t value) {
   setrlimit(resource, &rl);
 }
 
+// In a forked child, before exec: become uid/gid nobody for good (system calls only).
+bool become_nobody() { return setgroups(0, nullptr) == 0 && setgid(kNobody) == 0 && setuid(kNobody) == 0; }
+
 void close_fd(int& fd) {
   if (fd >= 0) close(fd);
   fd = -1;
@@ -194,7 +197,7 @@ bool Sandbox::bubblewrap_usable(const SandboxConfig& cfg, std::string* why) {
   if (pid < 0) throw Error(std::string("fork: ") + std::strerror(errno));
   if (pid == 0) {
     dup2(err[1], 2);
-    if (drop_root && (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0)) _exit(126);
+    if (drop_root && !become_nobody()) _exit(126);
     execv(argv[0], argv.data());
     _exit(127);
   }
@@ -293,7 +296,7 @@ void Sandbox::start() {
     struct rlimit cpu {static_cast<rlim_t>(cfg_.cpu_s), RLIM_INFINITY};
     setrlimit(RLIMIT_CPU, &cpu);
     // Root is exempt from RLIMIT_NPROC and may read everything: drop to nobody for good.
-    if (drop_root && (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0)) _exit(126);
+    if (drop_root && !become_nobody()) _exit(126);
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
