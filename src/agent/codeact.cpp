@@ -4,13 +4,13 @@
 #include <cctype>
 #include <chrono>
 
+#include "llmctl/util/clock.h"
+
 namespace llmctl::agent {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::string trim(const std::string& s) {
   const auto b = s.find_first_not_of(" \t\r\n");
@@ -128,7 +128,7 @@ TaskResult Agent::run(const std::string& task, const AgentHooks& hooks) {
     rec.turn = turn;
     const auto tm = Clock::now();
     rec.assistant = backend_.complete(messages_, hooks.on_delta ? hooks.on_delta : [](const std::string&) {});
-    rec.model_s = since(tm);
+    rec.model_s = seconds_since(tm);
     messages_.push_back({"assistant", rec.assistant});
     rec.code = extract_code_blocks(rec.assistant);
     result.final_text = rec.assistant;
@@ -145,14 +145,14 @@ TaskResult Agent::run(const std::string& task, const AgentHooks& hooks) {
       rec.restarted = rec.restarted || runs.back().restarted;
       if (runs.back().status != ExecResult::Status::Ok) break;
     }
-    rec.exec_s = since(te);
+    rec.exec_s = seconds_since(te);
     rec.status = status_name(runs.back().status);
     rec.output = observation(runs, rec.code.size());
     messages_.push_back({"user", rec.output});
     result.turns.push_back(rec);
     if (hooks.on_turn) hooks.on_turn(rec);
   }
-  result.seconds = since(t0);
+  result.seconds = seconds_since(t0);
   return result;
 }
 

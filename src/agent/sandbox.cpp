@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "llmctl/util/clock.h"
 #include "llmctl/util/error.h"
 
 namespace llmctl::agent {
@@ -28,12 +29,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 constexpr uid_t kNobody = 65534;  // the uid/gid code runs as when the agent is root
 constexpr const char* kSandboxWorkdir = "/workspace";
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // The binary `name` resolves to on PATH (or `name` itself when it has a slash); "" if none.
 std::string which(const std::string& name) {
@@ -101,6 +100,18 @@ void trim_partial_utf8(std::string& s) {
   const auto lead = static_cast<unsigned char>(s[i - 1]);
   const std::size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
   if (need > back + 1) s.resize(i - 1);
+}
+
+// What the model sees of `kept` (the first bytes of `total` printed): whole characters,
+// and a note when the rest was cut.
+void set_output(ExecResult& res, std::string kept, std::size_t total) {
+  res.output_bytes = total;
+  res.truncated = total > kept.size();
+  trim_partial_utf8(kept);
+  res.output = std::move(kept);
+  if (res.truncated)
+    res.output += "\n[output cut: " + std::to_string(total) + " bytes in all, only the first " +
+                  std::to_string(res.output.size()) + " shown]";
 }
 
 std::string octal_mode(mode_t m) {
@@ -387,7 +398,7 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
       if (!read_available(res_fd_, res_buf, 1 << 20, n)) res_eof = res_buf.find('\n') == std::string::npos;
     }
   }
-  res.seconds = since(t0);
+  res.seconds = seconds_since(t0);
 
   json answer;
   if (!timed_out && !res_eof) answer = json::parse(res_buf.substr(0, res_buf.find('\n')), nullptr, false);
@@ -418,23 +429,13 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
     read_available(out_fd_, out, cfg_.output_limit, total);
     stop();
     res.restarted = true;
-    res.output_bytes = total;
-    res.truncated = total > out.size();
-    trim_partial_utf8(out);
-    res.output = out;
-    if (res.truncated) res.output += "\n[output cut: " + std::to_string(total) + " bytes in all, only the first " +
-                                     std::to_string(out.size()) + " shown]";
+    set_output(res, std::move(out), total);
     if (!res.output.empty() && res.output.back() != '\n') res.output += '\n';
     res.output += "[" + why + "; the interpreter was restarted and its state is lost (all variables, imports and functions)" +
                   (tools_source_.empty() ? std::string("") : " (the tools were loaded again)") + "]";
     return res;
   }
-  res.output_bytes = total;
-  res.truncated = total > out.size();
-  trim_partial_utf8(out);
-  res.output = std::move(out);
-  if (res.truncated) res.output += "\n[output cut: " + std::to_string(total) + " bytes in all, only the first " +
-                                   std::to_string(res.output.size()) + " shown]";
+  set_output(res, std::move(out), total);
   return res;
 }
 

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include "common.h"
+#include "llmctl/util/clock.h"
 #include "llmctl/util/error.h"
 #include "llmctl/engine/sequence.h"
 #include "llmctl/io/model_dir.h"
@@ -19,7 +20,6 @@ namespace llmctl::cli {
 
 namespace {
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::vector<int> random_tokens(std::mt19937_64& rng, int n, int vocab) {
   std::vector<int> ids(n);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "llmctl/serve/openai_client.h"
+#include "llmctl/util/clock.h"
 #include "llmctl/util/error.h"
 
 namespace llmctl::serve {
@@ -15,9 +16,7 @@ namespace llmctl::serve {
 namespace {
 
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // One streaming request, timed as its chunks arrive.
 LoadResult::Request run_one(OpenAIClient& cli, const std::string& model, const LoadRequest& w) {
@@ -48,7 +47,7 @@ LoadResult::Request run_one(OpenAIClient& cli, const std::string& model, const L
     last = now;
     return true;
   });
-  r.e2e_s = since(t0);
+  r.e2e_s = seconds_since(t0);
   if (r.error.empty()) r.error = end.error;
   r.ok = r.error.empty();
   return r;
@@ -88,7 +87,7 @@ LoadResult run_load(const LoadConfig& cfg_in, const std::vector<LoadRequest>& wo
   const int n = std::min<int>(cfg.max_concurrency, static_cast<int>(work.size()));
   for (int i = 0; i < n; ++i) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
-  out.wall_s = since(t0);
+  out.wall_s = seconds_since(t0);
   return out;
 }
 
