@@ -1,18 +1,8 @@
 #!/bin/bash
-# One-shot GPU verification on the lent GPU machine (see tools/device/fetch_debs.sh): the
-# carried Debian -dev packages unpacked into a sysroot, a build against the machine's torch,
-# the CUDA unit tests, then CPU-vs-CUDA end-to-end checks and GPU timings. Logs land in $OUT.
-R=$PWD; S=$R/.devdeps/root; mkdir -p $S
-for f in .devdeps/debs/*.deb; do dpkg -x $f $S; done
-export PKG_CONFIG_SYSROOT_DIR=$S PKG_CONFIG_LIBDIR=$S/usr/lib/x86_64-linux-gnu/pkgconfig:$S/usr/share/pkgconfig
-export LD_LIBRARY_PATH=$S/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
-PKGC=$(command -v pkg-config || echo $S/usr/bin/pkgconf)
-{ nvidia-smi -L; which cmake ninja g++ nvcc python3; g++ --version | head -1; nproc; } > $OUT/env.log 2>&1
-T0=$(date +%s)
-cmake -S . -B bd -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLMCTL_PYTHON=$(which python3) -DCMAKE_PREFIX_PATH=$S/usr \
-  -DPKG_CONFIG_EXECUTABLE=$PKGC > $OUT/cmake.log 2>&1 || { tail -40 $OUT/cmake.log; exit 1; }
-cmake --build bd -j16 > $OUT/build.log 2>&1 || { grep -A12 -m3 "error" $OUT/build.log; exit 1; }
-echo "build $(( $(date +%s) - T0 )) s"
+# One-shot GPU verification on the lent GPU machine (see tools/device/fetch_debs.sh): a build
+# against the machine's torch (tools/device/build.sh), the CUDA unit tests, then CPU-vs-CUDA
+# end-to-end checks and GPU timings. Logs land in $OUT.
+source tools/device/build.sh
 L=bd/llmctl
 timeout 120 bd/tests/llmctl_tests --gtest_filter='*Cuda*' > $OUT/gtest_cuda.log 2>&1; echo "gtest cuda rc=$?"; grep -E "OK|FAILED|SKIPPED|PASSED" $OUT/gtest_cuda.log | head
 {
