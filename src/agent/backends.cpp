@@ -11,8 +11,9 @@ namespace llmctl::agent {
 
 using json = nlohmann::json;
 
-EngineBackend::EngineBackend(Engine& engine, SamplingParams params, std::string name)
-    : engine_(engine), params_(std::move(params)), name_(std::move(name)) {
+EngineBackend::EngineBackend(Engine& engine, SamplingParams params, std::string name,
+                             const std::atomic<bool>* interrupt)
+    : engine_(engine), params_(std::move(params)), name_(std::move(name)), interrupt_(interrupt) {
   if (!engine_.has_tokenizer()) throw Error("the agent's model has no tokenizer");
 }
 
@@ -22,6 +23,10 @@ std::string EngineBackend::complete(const std::vector<Message>& messages,
   const auto id = engine_.add_request(prompt, params_);
   std::string text;
   for (bool finished = false; !finished;) {
+    if (interrupt_ && interrupt_->load()) {
+      engine_.cancel(id);  // frees its blocks; the text so far is the reply
+      break;
+    }
     for (auto& o : engine_.step()) {
       if (o.id != id) continue;
       if (!o.text.empty()) {
@@ -35,9 +40,9 @@ std::string EngineBackend::complete(const std::vector<Message>& messages,
 }
 
 OpenAIBackend::OpenAIBackend(const std::string& endpoint, std::string model, const std::string& api_key,
-                             SamplingParams params)
+                             SamplingParams params, const std::atomic<bool>* interrupt)
     : client_(std::make_unique<serve::OpenAIClient>(endpoint, api_key)), model_(std::move(model)),
-      params_(std::move(params)) {
+      params_(std::move(params)), interrupt_(interrupt) {
   if (model_.empty()) model_ = client_->first_model();
 }
 
@@ -60,6 +65,7 @@ std::string OpenAIBackend::complete(const std::vector<Message>& messages,
   if (p.repetition_penalty != 1.0f) body["repetition_penalty"] = p.repetition_penalty;
   std::string text, error;
   const auto end = client_->stream("/v1/chat/completions", body, [&](const json& ev) {
+    if (interrupt_ && interrupt_->load()) return false;  // closing the stream cancels it server-side
     if (ev.contains("error")) {
       error = ev["error"].dump();
       return false;

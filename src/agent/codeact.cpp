@@ -108,8 +108,10 @@ std::string observation(const std::vector<ExecResult>& results, std::size_t bloc
   return "Execution output:\n```\n" + out + "```";
 }
 
-Agent::Agent(ChatBackend& backend, Sandbox& sandbox, std::string system_prompt, int max_turns)
-    : backend_(backend), sandbox_(sandbox), system_prompt_(std::move(system_prompt)), max_turns_(max_turns) {
+Agent::Agent(ChatBackend& backend, Sandbox& sandbox, std::string system_prompt, int max_turns,
+             const std::atomic<bool>* interrupt)
+    : backend_(backend), sandbox_(sandbox), system_prompt_(std::move(system_prompt)), max_turns_(max_turns),
+      interrupt_(interrupt) {
   reset();
 }
 
@@ -130,8 +132,17 @@ TaskResult Agent::run(const std::string& task, const AgentHooks& hooks) {
     rec.assistant = backend_.complete(messages_, hooks.on_delta ? hooks.on_delta : [](const std::string&) {});
     rec.model_s = seconds_since(tm);
     messages_.push_back({"assistant", rec.assistant});
+    const auto stopped = [&] { return interrupt_ && interrupt_->load(); };
     rec.code = extract_code_blocks(rec.assistant);
     result.final_text = rec.assistant;
+    if (stopped()) {  // a reply cut short by the user: its code is not run
+      rec.code.clear();
+      rec.status = "interrupted";
+      result.finish = "interrupted";
+      result.turns.push_back(rec);
+      if (hooks.on_turn) hooks.on_turn(rec);
+      break;
+    }
     if (rec.code.empty()) {
       result.finish = "answer";
       result.turns.push_back(rec);
@@ -151,6 +162,10 @@ TaskResult Agent::run(const std::string& task, const AgentHooks& hooks) {
     messages_.push_back({"user", rec.output});
     result.turns.push_back(rec);
     if (hooks.on_turn) hooks.on_turn(rec);
+    if (stopped()) {
+      result.finish = "interrupted";
+      break;
+    }
   }
   result.seconds = seconds_since(t0);
   return result;

@@ -139,6 +139,7 @@ const char* status_name(ExecResult::Status s) {
     case ExecResult::Status::Error: return "error";
     case ExecResult::Status::Timeout: return "timeout";
     case ExecResult::Status::Crashed: return "crashed";
+    case ExecResult::Status::Interrupted: return "interrupted";
   }
   return "?";
 }
@@ -375,9 +376,13 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
   std::string request = json{{"op", op}, {"code", code}, {"cpu_s", cfg_.cpu_s}}.dump() + "\n";
   std::string res_buf, out;
   std::size_t sent = 0, total = 0;
-  bool res_eof = false, timed_out = false;
+  bool res_eof = false, timed_out = false, interrupted = false;
   while (true) {
     if (res_buf.find('\n') != std::string::npos || res_eof) break;
+    if (cfg_.interrupt && cfg_.interrupt->load()) {
+      interrupted = true;
+      break;
+    }
     const auto left_ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left_ms <= 0) {
       timed_out = true;
@@ -385,7 +390,7 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
     }
     pollfd fds[3] = {{res_fd_, POLLIN, 0}, {out_fd_, POLLIN, 0}, {cmd_fd_, POLLOUT, 0}};
     const int nfds = sent < request.size() ? 3 : 2;
-    if (poll(fds, nfds, static_cast<int>(std::min<long long>(left_ms, 1000))) < 0 && errno != EINTR)
+    if (poll(fds, nfds, static_cast<int>(std::min<long long>(left_ms, 100))) < 0 && errno != EINTR)
       throw Error(std::string("poll: ") + std::strerror(errno));
     if (nfds == 3 && (fds[2].revents & (POLLOUT | POLLERR | POLLHUP))) {
       const ssize_t n = write(cmd_fd_, request.data() + sent, request.size() - sent);
@@ -401,7 +406,7 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
   res.seconds = seconds_since(t0);
 
   json answer;
-  if (!timed_out && !res_eof) answer = json::parse(res_buf.substr(0, res_buf.find('\n')), nullptr, false);
+  if (!timed_out && !interrupted && !res_eof) answer = json::parse(res_buf.substr(0, res_buf.find('\n')), nullptr, false);
   const bool answered = answer.is_object() && answer.contains("ok");
   if (answered) {
     read_available(out_fd_, out, cfg_.output_limit, total);  // what it printed just before answering
@@ -411,7 +416,10 @@ ExecResult Sandbox::execute(const std::string& op, const std::string& code, Repl
   } else {
     // Timed out, or the interpreter died (or garbled its answer): end all of it.
     std::string why;
-    if (timed_out) {
+    if (interrupted) {
+      why = "the user interrupted the code (Ctrl-C)";
+      res.status = ExecResult::Status::Interrupted;
+    } else if (timed_out) {
       why = "the code ran longer than " + std::to_string(static_cast<int>(cfg_.timeout_s)) + " s and was killed";
       res.status = ExecResult::Status::Timeout;
     } else {

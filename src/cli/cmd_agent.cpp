@@ -89,7 +89,12 @@ struct Opts {
 
 void run_agent(const Opts& o) {
   o.sampling.get();  // flag errors before the (slow) model load
-  agent::Sandbox sandbox(o.sandbox);
+  // Ctrl-C stops the current reply or execution, not the session (and so the work dir
+  // is still removed at exit).
+  install_sigint_handler();
+  auto sandbox_cfg = o.sandbox;
+  sandbox_cfg.interrupt = &ctrl_c();
+  agent::Sandbox sandbox(sandbox_cfg);
   if (!sandbox.sandboxed())
     std::fprintf(stderr, "llmctl agent: WARNING: --unsafe-no-sandbox: model-written code runs without isolation "
                          "(network, your files); only rlimits and timeouts apply\n");
@@ -101,11 +106,12 @@ void run_agent(const Opts& o) {
   if (!o.model.empty()) {
     engine = std::make_unique<Engine>(o.model, o.engine.get());
     const auto name = std::filesystem::path(o.model).filename().string();
-    backend = std::make_unique<agent::EngineBackend>(*engine, o.sampling.get(&engine->model_config().generation), name);
+    backend = std::make_unique<agent::EngineBackend>(*engine, o.sampling.get(&engine->model_config().generation), name,
+                                                     &ctrl_c());
   } else {
-    backend = std::make_unique<agent::OpenAIBackend>(o.endpoint, o.model_name, o.api_key, o.sampling.get());
+    backend = std::make_unique<agent::OpenAIBackend>(o.endpoint, o.model_name, o.api_key, o.sampling.get(), &ctrl_c());
   }
-  agent::Agent agent(*backend, sandbox, agent::codeact_system_prompt(stubs), o.max_turns);
+  agent::Agent agent(*backend, sandbox, agent::codeact_system_prompt(stubs), o.max_turns, &ctrl_c());
   Transcript transcript(o.transcript);
   const bool tty = isatty(STDIN_FILENO);
   if (!o.json)
@@ -115,6 +121,7 @@ void run_agent(const Opts& o) {
   std::size_t seen = 0;  // messages already in the transcript (the system prompt comes with the first turn)
   auto run_task = [&](const std::string& task) {
     ++task_no;
+    ctrl_c() = false;
     transcript.write({{"event", "task"}, {"task", task_no}, {"model", backend->name()}, {"user", task}});
     agent::AgentHooks hooks;
     if (!o.json) {
@@ -146,6 +153,7 @@ void run_agent(const Opts& o) {
       std::cout << task_json(r).dump(-1, ' ', false, json::error_handler_t::replace) << std::endl;
     } else {
       if (r.finish == "max_turns") std::printf("\n[stopped after --max-turns %d]", o.max_turns);
+      if (r.finish == "interrupted") std::printf("\n[stopped]");
       std::printf("\n");
       std::fflush(stdout);
     }
@@ -155,11 +163,21 @@ void run_agent(const Opts& o) {
     run_task(o.prompt);
     return;
   }
-  if (tty) std::fprintf(stderr, "Type a task. /reset forgets the conversation and the interpreter; /exit leaves.\n");
+  if (tty)
+    std::fprintf(stderr, "Type a task. Ctrl-C stops a reply or a running block; /reset forgets the conversation "
+                         "and the interpreter; /exit leaves.\n");
   std::string line;
   while (true) {
     if (tty) std::fprintf(stderr, "> ");
-    if (!std::getline(std::cin, line)) break;
+    ctrl_c() = false;
+    if (!std::getline(std::cin, line)) {
+      if (ctrl_c()) {  // Ctrl-C at the prompt (the interrupted read looks like EOF): a fresh line
+        std::cin.clear();
+        std::fprintf(stderr, "\n");
+        continue;
+      }
+      break;
+    }
     if (line.empty()) continue;
     if (line == "/exit" || line == "/quit") break;
     if (line == "/reset") {
@@ -182,7 +200,7 @@ void add_agent(CLI::App& app) {
   sub->footer(
       "Each code block in the model's answer runs in a persistent Python interpreter under bubblewrap\n"
       "(no network, read-only system, private work dir, rlimits, non-root); the output goes back to the\n"
-      "model until it answers without code. REPL commands: /reset, /exit.");
+      "model until it answers without code. REPL commands: /reset, /exit; Ctrl-C stops a reply or a running block.");
   auto* model = sub->add_option("--model", o->model, "Run this model in-process (directory or .gguf)")->check(CLI::ExistingPath);
   auto* endpoint = sub->add_option("--endpoint", o->endpoint,
                                    "Use an OpenAI-compatible server instead (http://host:port: llmctl serve, vLLM, LMDeploy)");

@@ -4,8 +4,6 @@
 // whole history and only the new message is computed (LMDeploy's stateful chat).
 #include <unistd.h>
 
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -17,19 +15,6 @@
 namespace llmctl::cli {
 
 namespace {
-
-std::atomic<bool> g_interrupted{false};
-void on_sigint(int) { g_interrupted = true; }
-
-// Ctrl-C sets a flag instead of killing the process; without SA_RESTART a blocked read
-// returns, so the REPL notices at the prompt as well as during an answer.
-void install_sigint_handler() {
-  struct sigaction sa {};
-  sa.sa_handler = on_sigint;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;
-  sigaction(SIGINT, &sa, nullptr);
-}
 
 struct Turn {
   RequestOutput out;
@@ -105,9 +90,9 @@ class ChatSession {
       }
       if (o.finished) t.out = std::move(o);
     };
-    g_interrupted = false;
+    ctrl_c() = false;
     while (!t.out.finished) {
-      if (g_interrupted) {
+      if (ctrl_c()) {
         take(engine_.cancel(id));
         t.interrupted = true;
         break;
@@ -204,9 +189,9 @@ void add_chat(CLI::App& app) {
     std::string line;
     while (true) {
       if (tty) std::fprintf(stderr, "> ");
-      g_interrupted = false;
+      ctrl_c() = false;
       if (!std::getline(std::cin, line)) {
-        if (g_interrupted) {  // Ctrl-C at the prompt (the interrupted read looks like EOF): a fresh line
+        if (ctrl_c()) {  // Ctrl-C at the prompt (the interrupted read looks like EOF): a fresh line
           std::cin.clear();
           std::fprintf(stderr, "\n");
           continue;

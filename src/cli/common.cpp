@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <csignal>
 #include <cstdint>
 #include <iostream>
 #include <sstream>
@@ -54,6 +55,21 @@ std::vector<int> parse_id_list(const std::string& s, const std::string& flag) {
 }
 
 // Token pieces can be half a UTF-8 character; replace those bytes rather than throw.
+namespace {
+std::atomic<bool> g_ctrl_c{false};
+void on_sigint(int) { g_ctrl_c = true; }
+}  // namespace
+
+std::atomic<bool>& ctrl_c() { return g_ctrl_c; }
+
+void install_sigint_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+}
+
 void print_json(const nlohmann::json& j) { std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl; }
 
 namespace {

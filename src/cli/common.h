@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the subcommands: device/dtype/thread flags and JSON output.
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -75,6 +76,11 @@ char** process_argv();
 struct ExitStatus {
   int code;
 };
+
+// Ctrl-C for the REPLs (chat, agent): SIGINT sets ctrl_c() instead of killing the process;
+// without SA_RESTART a blocked read returns, so the REPL notices at the prompt too.
+std::atomic<bool>& ctrl_c();
+void install_sigint_handler();
 
 // Prints one JSON object on stdout (for --json).
 void print_json(const nlohmann::json& j);

@@ -183,3 +183,32 @@ def test_in_process_model(llmctl, tokenizer_dir, tmp_path):
     r = json.loads(out)
     assert r["finish"] in ("answer", "max_turns") and 1 <= len(r["turns"]) <= 2
     assert r["turns"][0]["assistant"] == r["final"] or r["finish"] == "max_turns"
+
+
+def test_ctrl_c_stops_running_code_and_the_session_goes_on(llmctl_bin):
+    """SIGINT while a block runs kills that execution only: the REPL takes the next task,
+    and at /exit the default work dir is removed."""
+    import re
+    import signal
+    import time
+    replies = ["```python\nimport time\nprint('sleeping', flush=True)\ntime.sleep(60)\n```",
+               "```python\nprint('second task ran')\n```", "Answer: fine"]
+    with ScriptedServer(replies) as s:
+        p = subprocess.Popen([llmctl_bin, "agent", "--endpoint", s.url, *SANDBOX_FLAGS, "--timeout", "120"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdin.write("first\n")
+        p.stdin.flush()
+        deadline = time.time() + 30
+        while len(s.requests) < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the block is sleeping in the interpreter now
+        t0 = time.time()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate("second\n/exit\n", timeout=60)
+        assert p.returncode == 0, err
+        assert time.time() - t0 < 30, "Ctrl-C did not stop the 60 s block"
+    assert "interrupted" in out and "Ctrl-C" in out
+    assert "second task ran" in out
+    m = re.search(r"work dir (\S+);", err)
+    assert m, err
+    assert not os.path.exists(m.group(1)), "the temp work dir is removed at exit"

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
+
 #include "llmctl/agent/codeact.h"
 
 using namespace llmctl::agent;
@@ -105,4 +107,30 @@ TEST(CodeAct, MaxTurnsEndsALoopingModel) {
   EXPECT_EQ(r.turns.size(), 3u);
   agent.reset();
   EXPECT_EQ(agent.messages().size(), 0u);
+}
+
+TEST(CodeAct, CtrlCDuringAReplyEndsTheTaskWithoutRunningItsCode) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  std::atomic<bool> interrupt{false};
+  Sandbox sb(loop_config());
+  // The user presses Ctrl-C while this reply streams: its code must not run.
+  class Interrupted : public ChatBackend {
+   public:
+    explicit Interrupted(std::atomic<bool>& f) : flag_(f) {}
+    std::string complete(const std::vector<llmctl::Message>&, const std::function<void(const std::string&)>&) override {
+      flag_ = true;
+      return "```python\nopen('ran.txt', 'w').write('x')\n```";
+    }
+    std::string name() const override { return "interrupted"; }
+
+   private:
+    std::atomic<bool>& flag_;
+  } model(interrupt);
+  Agent agent(model, sb, "", 5, &interrupt);
+  const auto r = agent.run("task");
+  EXPECT_EQ(r.finish, "interrupted");
+  ASSERT_EQ(r.turns.size(), 1u);
+  EXPECT_EQ(r.turns[0].status, "interrupted");
+  EXPECT_TRUE(r.turns[0].code.empty());
+  EXPECT_NE(access((sb.workdir() + "/ran.txt").c_str(), F_OK), 0);
 }

@@ -6,9 +6,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "llmctl/agent/sandbox.h"
 #include "llmctl/util/error.h"
@@ -217,4 +220,27 @@ TEST(Sandbox, ToolsAreLoadedAndSurviveRestarts) {
   auto r = sb.run("print(round(derivative(lambda t: t * math.log(t), math.pi), 4))");
   EXPECT_EQ(r.output, "2.1447\n");
   EXPECT_THROW(sb.load_tools("def broken(:"), llmctl::Error);
+}
+
+TEST(Sandbox, CtrlCKillsTheRunningCodeAndTheNextRunWorks) {
+  bool skip = false;
+  std::string why;
+  auto cfg = test_config(false, &skip, &why);
+  if (skip) GTEST_SKIP() << why;
+  std::atomic<bool> interrupt{false};
+  cfg.timeout_s = 60;
+  cfg.interrupt = &interrupt;
+  Sandbox sb(cfg);
+  std::thread ctrl_c([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    interrupt = true;
+  });
+  auto r = sb.run("while True:\n    pass\n");
+  ctrl_c.join();
+  EXPECT_EQ(r.status, Status::Interrupted);
+  EXPECT_TRUE(r.restarted);
+  EXPECT_LT(r.seconds, 10);
+  EXPECT_NE(r.output.find("Ctrl-C"), std::string::npos) << r.output;
+  interrupt = false;
+  EXPECT_EQ(sb.run("print('back')").output, "back\n");
 }

@@ -20,7 +20,8 @@ namespace llmctl::agent {
 // turns' KV, so each turn computes only the new messages.
 class EngineBackend : public ChatBackend {
  public:
-  EngineBackend(Engine& engine, SamplingParams params, std::string name);
+  // `interrupt` (Ctrl-C), when set, cancels the reply being generated.
+  EngineBackend(Engine& engine, SamplingParams params, std::string name, const std::atomic<bool>* interrupt = nullptr);
   std::string complete(const std::vector<Message>& messages,
                        const std::function<void(const std::string&)>& on_delta) override;
   std::string name() const override { return name_; }
@@ -29,12 +30,14 @@ class EngineBackend : public ChatBackend {
   Engine& engine_;
   SamplingParams params_;
   std::string name_;
+  const std::atomic<bool>* interrupt_;
 };
 
 // POST /v1/chat/completions with stream=true; `model` "" takes the server's first model.
 class OpenAIBackend : public ChatBackend {
  public:
-  OpenAIBackend(const std::string& endpoint, std::string model, const std::string& api_key, SamplingParams params);
+  OpenAIBackend(const std::string& endpoint, std::string model, const std::string& api_key, SamplingParams params,
+                const std::atomic<bool>* interrupt = nullptr);
   ~OpenAIBackend() override;
   std::string complete(const std::vector<Message>& messages,
                        const std::function<void(const std::string&)>& on_delta) override;
@@ -44,6 +47,7 @@ class OpenAIBackend : public ChatBackend {
   std::unique_ptr<serve::OpenAIClient> client_;
   std::string model_;
   SamplingParams params_;
+  const std::atomic<bool>* interrupt_;
 };
 
 }  // namespace llmctl::agent

@@ -3,6 +3,7 @@
 // the model acts by writing Python; every code block in its answer runs in a persistent
 // sandboxed interpreter and what it printed goes back as the next message, until the model
 // answers without code or the turn budget is spent.
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -36,14 +37,14 @@ struct TurnRecord {
   std::string assistant;            // the model's whole message
   std::vector<std::string> code;    // the blocks run, in order
   std::string output;               // what went back to the model ("" when no code)
-  std::string status = "answer";    // answer | ok | error | timeout | crashed
+  std::string status = "answer";    // answer | ok | error | timeout | crashed | interrupted
   bool restarted = false;           // the interpreter lost its state in this turn
   double model_s = 0, exec_s = 0;
 };
 
 struct TaskResult {
   std::string final_text;  // the last message without code (or the last message at max turns)
-  std::string finish;      // "answer" | "max_turns"
+  std::string finish;      // "answer" | "max_turns" | "interrupted"
   std::vector<TurnRecord> turns;
   double seconds = 0;
 };
@@ -55,7 +56,9 @@ struct AgentHooks {
 
 class Agent {
  public:
-  Agent(ChatBackend& backend, Sandbox& sandbox, std::string system_prompt, int max_turns);
+  // `interrupt` (Ctrl-C), when set after a reply or an execution, ends the task there.
+  Agent(ChatBackend& backend, Sandbox& sandbox, std::string system_prompt, int max_turns,
+        const std::atomic<bool>* interrupt = nullptr);
   // One user task, run to its answer; the conversation (and the interpreter) carry on.
   TaskResult run(const std::string& task, const AgentHooks& hooks = {});
   // Forgets the conversation and the interpreter's state.
@@ -67,6 +70,7 @@ class Agent {
   Sandbox& sandbox_;
   std::string system_prompt_;
   int max_turns_;
+  const std::atomic<bool>* interrupt_;
   std::vector<Message> messages_;
 };
 

@@ -7,6 +7,7 @@
 // Not thread-safe: one caller drives it.
 #include <sys/types.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -24,10 +25,11 @@ struct SandboxConfig {
   long processes = 64;                      // RLIMIT_NPROC (for the sandbox's uid)
   bool unsafe_no_sandbox = false;           // run without bubblewrap (rlimits and timeouts stay)
   std::string bwrap = "bwrap";              // bubblewrap binary (looked up on PATH)
+  const std::atomic<bool>* interrupt = nullptr;  // set (Ctrl-C): the running execution is killed
 };
 
 struct ExecResult {
-  enum class Status { Ok, Error, Timeout, Crashed };
+  enum class Status { Ok, Error, Timeout, Crashed, Interrupted };
   Status status = Status::Ok;
   std::string output;            // stdout+stderr as the model should see it (capped, with notes)
   std::size_t output_bytes = 0;  // everything the code printed
