@@ -167,17 +167,7 @@ void run_agent(const Opts& o) {
     std::fprintf(stderr, "Type a task. Ctrl-C stops a reply or a running block; /reset forgets the conversation "
                          "and the interpreter; /exit leaves.\n");
   std::string line;
-  while (true) {
-    if (tty) std::fprintf(stderr, "> ");
-    ctrl_c() = false;
-    if (!std::getline(std::cin, line)) {
-      if (ctrl_c()) {  // Ctrl-C at the prompt (the interrupted read looks like EOF): a fresh line
-        std::cin.clear();
-        std::fprintf(stderr, "\n");
-        continue;
-      }
-      break;
-    }
+  while (read_repl_line(line, tty)) {
     if (line.empty()) continue;
     if (line == "/exit" || line == "/quit") break;
     if (line == "/reset") {

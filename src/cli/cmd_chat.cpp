@@ -187,17 +187,7 @@ void add_chat(CLI::App& app) {
                    engine.config().kv_dtype == "auto" ? engine.config().dtype.c_str()
                                                       : engine.config().kv_dtype.c_str());
     std::string line;
-    while (true) {
-      if (tty) std::fprintf(stderr, "> ");
-      ctrl_c() = false;
-      if (!std::getline(std::cin, line)) {
-        if (ctrl_c()) {  // Ctrl-C at the prompt (the interrupted read looks like EOF): a fresh line
-          std::cin.clear();
-          std::fprintf(stderr, "\n");
-          continue;
-        }
-        break;
-      }
+    while (read_repl_line(line, tty)) {
       if (line.empty()) continue;
       if (line == "/exit" || line == "/quit") break;
       if (line == "/reset") {

@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -68,6 +69,17 @@ void install_sigint_handler() {
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = 0;
   sigaction(SIGINT, &sa, nullptr);
+}
+
+bool read_repl_line(std::string& line, bool tty) {
+  if (tty) std::fprintf(stderr, "> ");
+  ctrl_c() = false;
+  if (std::getline(std::cin, line)) return true;
+  if (!ctrl_c()) return false;
+  std::cin.clear();  // the interrupted read looks like end of input: go on with a fresh line
+  std::fprintf(stderr, "\n");
+  line.clear();
+  return true;
 }
 
 void print_json(const nlohmann::json& j) { std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl; }

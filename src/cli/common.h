@@ -81,6 +81,9 @@ struct ExitStatus {
 // without SA_RESTART a blocked read returns, so the REPL notices at the prompt too.
 std::atomic<bool>& ctrl_c();
 void install_sigint_handler();
+// The next REPL line from stdin (with a "> " prompt on a TTY); false at end of input.
+// Ctrl-C at the prompt gives an empty line instead of ending the session.
+bool read_repl_line(std::string& line, bool tty);
 
 // Prints one JSON object on stdout (for --json).
 void print_json(const nlohmann::json& j);
