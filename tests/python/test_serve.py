@@ -411,3 +411,19 @@ def test_sigterm_grace_cancels_what_is_left(llmctl_bin, model, tmp_path):
     conn.close()
     assert srv.proc.wait(timeout=20) == 0
     assert time.monotonic() - t0 < 15
+
+
+def test_agent_over_llmctl_serve_equals_in_process(llmctl, server, model):
+    """`llmctl agent --endpoint` against this server answers, greedily, exactly what
+    `llmctl agent --model` computes in-process (same chat rendering, same tokens)."""
+    from test_agent import SANDBOX_FLAGS
+    common = ["--prompt", "hello there", "--json", "--max-turns", "1", "--max-new-tokens", "16",
+              "--temperature", "0", *SANDBOX_FLAGS]
+    rc, out, err = llmctl("agent", "--endpoint", server.url, "--model-name", NAME, *common)
+    assert rc == 0, err
+    served = json.loads(out)
+    rc, out, err = llmctl("agent", "--model", model, *common)
+    assert rc == 0, err
+    local = json.loads(out)
+    assert served["turns"][0]["assistant"] == local["turns"][0]["assistant"]
+    assert served["turns"][0]["assistant"]  # the random model said something
