@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "llmctl/kernels/rmsnorm.h"
+#include "llmctl/kernels/attention.h"
 #include "llmctl/kernels/rope.h"
 #include "llmctl/kernels/swiglu.h"
 
@@ -74,14 +75,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     q = q_norm->forward(q);
     k = k_norm->forward(k);
   }
-  q = kernels::rope(q, cos, sin).transpose(1, 2);  // [B, H, T, D]
-  k = kernels::rope(k, cos, sin).transpose(1, 2);
-  v = v.transpose(1, 2);
-  // GQA without materialising repeated K/V: SDPA maps query head h to kv head h / group.
-  auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                              /*is_causal=*/true, /*scale=*/std::nullopt,
-                                              /*enable_gqa=*/n_kv_heads_ != n_heads_);
-  return o_proj->forward(out.transpose(1, 2).reshape({B, T, n_heads_ * head_dim_}));
+  q = kernels::rope(q, cos, sin);  // [B, T, H, D]
+  k = kernels::rope(k, cos, sin);
+  // GQA without materialising repeated K/V: query head h reads kv head h / group.
+  auto out = kernels::causal_attention(q, k, v);
+  return o_proj->forward(out.reshape({B, T, n_heads_ * head_dim_}));
 }
 
 MLPImpl::MLPImpl(const ModelConfig& cfg) {

@@ -1,9 +1,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "llmctl/kernels/rmsnorm.h"
+#include "llmctl/kernels/attention.h"
 #include "llmctl/kernels/cross_entropy.h"
 #include "llmctl/kernels/linear.h"
 #include "llmctl/kernels/rope.h"
@@ -152,6 +157,51 @@ TEST(CrossEntropyCpu, ForwardAndBackwardMatchReference) {
   EXPECT_THROW(kernels::cross_entropy_sum(x, torch::tensor({0, 4}, torch::kInt64)), std::exception);
 }
 
+// Fused bf16 causal attention (forward and backward) against LibTorch's attention computed
+// in fp32 from the same bf16 inputs: block tails (T not a multiple of 64, odd last
+// blocks), a single row, GQA and plain multi-head, head sizes 16 / 64 / 128.
+TEST(CausalAttentionCpu, ForwardAndBackwardMatchReference) {
+  struct Case { std::int64_t B, T, H, KV, D; };
+  const Case cases[] = {{2, 1, 4, 2, 64}, {2, 7, 4, 2, 64}, {1, 64, 2, 2, 16}, {2, 100, 8, 2, 64},
+                        {1, 131, 4, 1, 128}, {1, 257, 2, 2, 32}};
+  // Relative error, against a floor for gradients that are zero in exact arithmetic (T = 1:
+  // one visible key, so the scores get no gradient).
+  auto rel = [](const torch::Tensor& a, const torch::Tensor& b) {
+    const double floor = 1e-2 * std::sqrt(static_cast<double>(b.numel()));
+    return (a.to(torch::kFloat32) - b).norm().item<double>() / std::max(b.norm().item<double>(), floor);
+  };
+  for (const auto& c : cases) {
+    torch::manual_seed(c.T);
+    auto q0 = torch::randn({c.B, c.T, c.H, c.D}).to(torch::kBFloat16);
+    auto k0 = torch::randn({c.B, c.T, c.KV, c.D}).to(torch::kBFloat16);
+    auto v0 = torch::randn({c.B, c.T, c.KV, c.D}).to(torch::kBFloat16);
+    auto dout = torch::randn({c.B, c.T, c.H, c.D});
+    if (!kernels::causal_attention_fused(q0, k0, v0)) GTEST_SKIP() << "this CPU has no AVX-512 BF16";
+    auto q1 = q0.clone().requires_grad_(), k1 = k0.clone().requires_grad_(), v1 = v0.clone().requires_grad_();
+    auto q2 = q0.to(torch::kFloat32).requires_grad_(), k2 = k0.to(torch::kFloat32).requires_grad_(),
+         v2 = v0.to(torch::kFloat32).requires_grad_();
+    auto fused = kernels::causal_attention(q1, k1, v1);
+    auto ref = kernels::causal_attention_reference(q2, k2, v2);
+    ASSERT_EQ(fused.sizes(), ref.sizes());
+    ASSERT_EQ(fused.scalar_type(), torch::kBFloat16);
+    const std::string at = "T " + std::to_string(c.T) + " H " + std::to_string(c.H) + "/" + std::to_string(c.KV) +
+                           " D " + std::to_string(c.D);
+    EXPECT_LT(rel(fused, ref), 8e-3) << at;
+    EXPECT_LT((fused.to(torch::kFloat32) - ref).abs().max().item<float>(), 4e-2) << at;
+    (fused.to(torch::kFloat32) * dout).sum().backward();
+    (ref * dout).sum().backward();
+    EXPECT_LT(rel(q1.grad(), q2.grad()), 2e-2) << at << " dq";
+    EXPECT_LT(rel(k1.grad(), k2.grad()), 2e-2) << at << " dk";
+    EXPECT_LT(rel(v1.grad(), v2.grad()), 2e-2) << at << " dv";
+  }
+  // What the kernel does not take goes to LibTorch: fp32, or a head size not a multiple of 16.
+  auto f = torch::randn({1, 5, 2, 64});
+  EXPECT_FALSE(kernels::causal_attention_fused(f, f, f));
+  auto odd = torch::randn({1, 5, 2, 24}).to(torch::kBFloat16);
+  EXPECT_FALSE(kernels::causal_attention_fused(odd, odd, odd));
+  EXPECT_TRUE(torch::allclose(kernels::causal_attention(f, f, f), kernels::causal_attention_reference(f, f, f)));
+}
+
 // The fused CUDA kernel against the CPU path, for each dtype and a ragged width that is
 // not a multiple of the block size. Skips cleanly without a GPU.
 TEST(RMSNormCuda, MatchesCpuPath) {
@@ -202,4 +252,36 @@ TEST(PackedLinear, RowsDoNotDependOnTheirBatch) {
   auto all = lin(x);
   for (std::int64_t start : {0, 1, 5, 20, 28}) EXPECT_TRUE(torch::equal(lin(x.narrow(0, start, 29 - start)), all.narrow(0, start, 29 - start)));
   EXPECT_TRUE(torch::equal(lin(x.narrow(0, 7, 1)), all.narrow(0, 7, 1)));
+}
+
+// Timing, not a check: the fused attention against LibTorch's SDPA at the training shape
+// (minimind2-small, batch 8 x 512, bf16). LLMCTL_BENCH_ATTENTION=1 build/tests/llmctl_tests
+// --gtest_filter=CausalAttentionCpu.Benchmark
+TEST(CausalAttentionCpu, Benchmark) {
+  const char* env = std::getenv("LLMCTL_BENCH_ATTENTION");
+  if (!env || std::string(env) != "1") GTEST_SKIP() << "set LLMCTL_BENCH_ATTENTION=1 to time";
+  torch::manual_seed(0);
+  const std::int64_t B = 8, T = 512, H = 8, KV = 2, D = 64;
+  auto q0 = torch::randn({B, T, H, D}).to(torch::kBFloat16);
+  auto k0 = torch::randn({B, T, KV, D}).to(torch::kBFloat16);
+  auto v0 = torch::randn({B, T, KV, D}).to(torch::kBFloat16);
+  auto dout = torch::randn({B, T, H, D}).to(torch::kBFloat16);
+  const double flops = 4.0 * B * H * T * T / 2 * D;  // causal forward; the backward is 2.5x
+  for (bool fused : {false, true}) {
+    auto q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+    double fwd = 0, bwd = 0;
+    const int reps = 5;
+    for (int it = 0; it <= reps; ++it) {  // the first round warms up
+      const auto t0 = std::chrono::steady_clock::now();
+      auto o = fused ? kernels::causal_attention(q, k, v) : kernels::causal_attention_reference(q, k, v);
+      const auto t1 = std::chrono::steady_clock::now();
+      o.backward(dout);
+      const auto t2 = std::chrono::steady_clock::now();
+      if (it == 0) continue;
+      fwd += std::chrono::duration<double>(t1 - t0).count() / reps;
+      bwd += std::chrono::duration<double>(t2 - t1).count() / reps;
+    }
+    std::printf("%-6s forward %6.1f ms (%4.0f GFLOP/s)  backward %6.1f ms (%4.0f GFLOP/s)\n",
+                fused ? "fused" : "sdpa", fwd * 1e3, flops / fwd / 1e9, bwd * 1e3, 2.5 * flops / bwd / 1e9);
+  }
 }
