@@ -14,6 +14,7 @@ APT_PACKAGES=(
   libpcre2-dev libutf8proc-dev  # byte-level BPE tokenizer.json: pre-tokenizer regexes, Unicode normalizers
   chromium chromium-driver  # tests: the web chat page in headless Chromium
   bubblewrap  # llmctl agent: the sandbox model-written code runs in
+  libgloo-dev  # data-parallel training: the headers of the Gloo copy inside libtorch
 )
 VENV=.venv
 REQ=tools/requirements.txt

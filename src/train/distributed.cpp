@@ -1,20 +1,23 @@
 #include "llmctl/train/distributed.h"
 
 #include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+// LibTorch's c10d headers hide the Gloo backend unless the build says it has it (the wheel
+// does: it is compiled in); defined here, not with -D, so the precompiled header stays shared.
+#define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
+#include <functional>
 #include <vector>
 
 #include "llmctl/util/error.h"
@@ -40,71 +43,38 @@ class Socket {
   ~Socket() {
     if (fd_ >= 0) ::close(fd_);
   }
-  Socket(Socket&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  Socket& operator=(Socket&& o) noexcept {
-    std::swap(fd_, o.fd_);
-    return *this;
-  }
+  Socket(const Socket&) = delete;
+  Socket& operator=(const Socket&) = delete;
   int fd() const { return fd_; }
 
  private:
   int fd_;
 };
 
-void set_timeouts(int fd) {
-  timeval tv{};
-  tv.tv_sec = dist_timeout().count();
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-void send_all(int fd, const void* p, std::size_t n, int peer) {
-  auto* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t k = ::send(fd, c, n, MSG_NOSIGNAL);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) throw Error(cat("data-parallel: sending to rank ", peer, " failed: ", std::strerror(errno)));
-    c += k;
-    n -= static_cast<std::size_t>(k);
-  }
-}
-
-void recv_all(int fd, void* p, std::size_t n, int peer) {
-  auto* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t k = ::recv(fd, c, n, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k == 0) throw Error(cat("data-parallel: rank ", peer, " disconnected (did it fail? see its error above)"));
-    if (k < 0) throw Error(cat("data-parallel: receiving from rank ", peer, " failed: ", std::strerror(errno)));
-    c += k;
-    n -= static_cast<std::size_t>(k);
-  }
-}
-
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
 
-// The local address other ranks can reach us on: the one routing to the master.
-std::string local_address_towards(const std::string& master, int port) {
-  if (is_loopback(master)) return "127.0.0.1";
-  addrinfo hints{}, *res = nullptr;
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_DGRAM;
-  if (::getaddrinfo(master.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || !res)
-    throw Error("data-parallel: cannot resolve MASTER_ADDR " + master);
-  Socket s(::socket(AF_INET, SOCK_DGRAM, 0));
-  int rc = ::connect(s.fd(), res->ai_addr, res->ai_addrlen);  // UDP connect: picks a route, sends nothing
-  ::freeaddrinfo(res);
-  sockaddr_in local{};
-  socklen_t len = sizeof local;
-  if (rc != 0 || ::getsockname(s.fd(), reinterpret_cast<sockaddr*>(&local), &len) != 0)
-    throw Error("data-parallel: no route to MASTER_ADDR " + master);
-  char buf[INET_ADDRSTRLEN];
-  ::inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf);
-  return buf;
+// The network device Gloo's pairs connect over, chosen as torch.distributed does:
+// GLOO_SOCKET_IFNAME names an interface; a loopback master means a one-machine job;
+// otherwise the address this host's name resolves to.
+std::shared_ptr<::gloo::transport::Device> gloo_device(const DistEnv& env) {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  if (is_loopback(env.master_addr)) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
+// Runs one collective; a failure (a rank died, the network went away, the timeout passed)
+// becomes one clear error instead of a c10 backtrace.
+void collective(const char* what, const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (const auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+    throw Error(cat("data-parallel: ", what, " failed (did another rank fail? see its error above): ", msg));
+  }
 }
 
 }  // namespace
@@ -121,20 +91,12 @@ DistEnv DistEnv::from_env() {
   return e;
 }
 
-// Each rank sends to rank+1 and receives from rank-1 over its own TCP connections.
-struct Communicator::Ring {
-  c10::intrusive_ptr<c10d::TCPStore> store;
-  Socket to_next, from_prev;
-  int next = 0, prev = 0;
+struct Communicator::Group {
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 };
 
 Communicator::Communicator(const DistEnv& env) : env_(env) {
   if (env_.world == 1) return;
-  ring_ = std::make_unique<Ring>();
-  auto& r = *ring_;
-  r.next = (env_.rank + 1) % env_.world;
-  r.prev = (env_.rank + env_.world - 1) % env_.world;
-
   // Rendezvous. Under torchrun the agent already serves the store on MASTER_PORT.
   const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
   c10d::TCPStoreOptions so;
@@ -143,68 +105,15 @@ Communicator::Communicator(const DistEnv& env) : env_(env) {
   so.numWorkers = env_.world;
   so.waitWorkers = false;
   so.timeout = dist_timeout();
-  r.store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
-
-  // Listen on an ephemeral port and publish it; then connect to the next rank.
-  Socket listener(::socket(AF_INET, SOCK_STREAM, 0));
-  int one = 1;
-  ::setsockopt(listener.fd(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  const std::string my_ip = local_address_towards(env_.master_addr, env_.master_port);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = 0;
-  ::inet_pton(AF_INET, is_loopback(env_.master_addr) ? "127.0.0.1" : "0.0.0.0", &addr.sin_addr);
-  if (::bind(listener.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener.fd(), 4) != 0)
-    throw Error(cat("data-parallel: cannot listen: ", std::strerror(errno)));
-  socklen_t len = sizeof addr;
-  ::getsockname(listener.fd(), reinterpret_cast<sockaddr*>(&addr), &len);
-  const std::string prefix = "llmctl/ring/";
-  const std::string mine = my_ip + ":" + std::to_string(ntohs(addr.sin_port));
-  r.store->set(prefix + std::to_string(env_.rank), std::vector<std::uint8_t>(mine.begin(), mine.end()));
-
-  const std::string peer = r.store->get_to_str(prefix + std::to_string(r.next));  // waits for it
-  const auto colon = peer.rfind(':');
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(static_cast<std::uint16_t>(std::stoi(peer.substr(colon + 1))));
-  if (::inet_pton(AF_INET, peer.substr(0, colon).c_str(), &to.sin_addr) != 1)
-    throw Error("data-parallel: bad peer address " + peer);
-  // Connect and accept in parallel: with two ranks each is the other's next and prev.
-  std::string connect_error;
-  std::thread connector([&] {
-    const auto deadline = std::chrono::steady_clock::now() + dist_timeout();
-    while (true) {
-      Socket s(::socket(AF_INET, SOCK_STREAM, 0));
-      if (::connect(s.fd(), reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
-        std::int32_t me = env_.rank;
-        set_timeouts(s.fd());
-        try {
-          send_all(s.fd(), &me, sizeof me, r.next);
-        } catch (const std::exception& e) {
-          connect_error = e.what();
-        }
-        r.to_next = std::move(s);
-        return;
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        connect_error = "data-parallel: cannot connect to rank " + std::to_string(r.next) + " at " + peer;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+  group_ = std::make_unique<Group>();
+  collective("rendezvous", [&] {
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+    // Our keys under their own prefix, apart from what a launcher's agent keeps there.
+    auto store = c10::make_intrusive<c10d::PrefixStore>("llmctl/gloo", tcp);
+    auto opts = c10d::ProcessGroupGloo::Options::create(dist_timeout());
+    opts->devices.push_back(gloo_device(env_));
+    group_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env_.rank, env_.world, opts);
   });
-  timeval tv{};
-  tv.tv_sec = dist_timeout().count();
-  ::setsockopt(listener.fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  int fd = ::accept(listener.fd(), nullptr, nullptr);
-  connector.join();
-  if (!connect_error.empty()) throw Error(connect_error);
-  if (fd < 0) throw Error(cat("data-parallel: rank ", r.prev, " never connected: ", std::strerror(errno)));
-  r.from_prev = Socket(fd);
-  set_timeouts(fd);
-  std::int32_t who = -1;
-  recv_all(fd, &who, sizeof who, r.prev);
-  if (who != r.prev) throw Error(cat("data-parallel: expected rank ", r.prev, ", got ", who));
   barrier();
 }
 
@@ -212,67 +121,32 @@ Communicator::~Communicator() = default;
 
 namespace {
 
-// Ring all-reduce: a reduce-scatter (W-1 steps, each rank adds the chunk it receives) and
-// an all-gather (W-1 steps, the finished chunks travel round). Each step sends one chunk
-// to the next rank while receiving one from the previous.
 template <typename T>
-void ring_all_reduce(T* data, std::size_t n, int rank, int world, int to_next, int from_prev, int next, int prev) {
-  const std::size_t W = static_cast<std::size_t>(world);
-  auto chunk_begin = [&](std::size_t c) { return n * c / W; };
-  auto chunk_size = [&](std::size_t c) { return chunk_begin(c + 1) - chunk_begin(c); };
-  std::vector<T> incoming((n + W - 1) / W + 1);
-  auto mod = [&](long v) { return static_cast<std::size_t>(((v % world) + world) % world); };
-  for (int phase = 0; phase < 2; ++phase) {
-    for (int s = 0; s < world - 1; ++s) {
-      // reduce-scatter sends chunk rank-s and receives rank-s-1; all-gather is shifted by one.
-      const std::size_t send_c = phase == 0 ? mod(rank - s) : mod(rank + 1 - s);
-      const std::size_t recv_c = phase == 0 ? mod(rank - s - 1) : mod(rank - s);
-      std::string send_error;
-      std::thread sender([&] {
-        try {
-          send_all(to_next, data + chunk_begin(send_c), chunk_size(send_c) * sizeof(T), next);
-        } catch (const std::exception& e) {
-          send_error = e.what();
-        }
-      });
-      try {
-        recv_all(from_prev, incoming.data(), chunk_size(recv_c) * sizeof(T), prev);
-      } catch (...) {
-        sender.join();
-        throw;
-      }
-      sender.join();
-      if (!send_error.empty()) throw Error(send_error);
-      T* dst = data + chunk_begin(recv_c);
-      if (phase == 0)
-        for (std::size_t i = 0; i < chunk_size(recv_c); ++i) dst[i] += incoming[i];
-      else
-        std::copy(incoming.begin(), incoming.begin() + static_cast<long>(chunk_size(recv_c)), dst);
-    }
-  }
+void all_reduce(c10d::ProcessGroupGloo& pg, T* data, std::size_t n) {
+  std::vector<at::Tensor> t{torch::from_blob(data, {static_cast<std::int64_t>(n)}, c10::CppTypeToScalarType<T>::value)};
+  collective("all-reduce", [&] { pg.allreduce(t)->wait(); });
 }
 
 }  // namespace
 
 void Communicator::all_reduce_sum(float* data, std::size_t n) {
-  if (!ring_) return;
-  ring_all_reduce(data, n, env_.rank, env_.world, ring_->to_next.fd(), ring_->from_prev.fd(), ring_->next, ring_->prev);
+  if (group_) all_reduce(*group_->gloo, data, n);
 }
 
 void Communicator::all_reduce_sum(double* data, std::size_t n) {
-  if (!ring_) return;
-  ring_all_reduce(data, n, env_.rank, env_.world, ring_->to_next.fd(), ring_->from_prev.fd(), ring_->next, ring_->prev);
+  if (group_) all_reduce(*group_->gloo, data, n);
 }
 
 void Communicator::broadcast(float* data, std::size_t n, int root) {
-  if (!ring_) return;
-  if (env_.rank != root) std::fill(data, data + n, 0.0f);
-  all_reduce_sum(data, n);  // x + 0 + ... + 0 == x exactly
+  if (!group_) return;
+  std::vector<at::Tensor> t{torch::from_blob(data, {static_cast<std::int64_t>(n)}, torch::kFloat32)};
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  collective("broadcast", [&] { group_->gloo->broadcast(t, opts)->wait(); });
 }
 
 void Communicator::barrier() {
-  double x = 1;
-  all_reduce_sum(&x, 1);
+  if (group_) collective("barrier", [&] { group_->gloo->barrier()->wait(); });
 }
 
 // ---- the local launcher ----

@@ -3,10 +3,10 @@
 //
 // Rendezvous uses c10d's TCPStore, the store torchrun and torch.distributed use, so the
 // binary follows torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-// MASTER_PORT) and runs under torchrun or SLURM as a launcher. The collectives are a ring
-// all-reduce over TCP between the ranks: the PyPI wheel ships c10d's ProcessGroupGloo
-// header but not the gloo headers it includes, so Gloo cannot be constructed from C++
-// against the wheel; the ring is the same algorithm Gloo's CPU all-reduce runs.
+// MASTER_PORT) and runs under torchrun or SLURM as a launcher. The collectives are c10d's
+// ProcessGroupGloo from the same LibTorch (the wheel ships its header but not gloo's own
+// headers: those come from Debian's libgloo-dev; the code is the copy inside libtorch).
+// CUDA gradients are summed on the host through the same group.
 //
 // `llmctl pretrain --nproc N` is the single-machine launcher: it re-executes the binary N
 // times on loopback with those variables set.
@@ -46,9 +46,9 @@ class Communicator {
   void barrier();
 
  private:
-  struct Ring;
+  struct Group;
   DistEnv env_;
-  std::unique_ptr<Ring> ring_;
+  std::unique_ptr<Group> group_;
 };
 
 // Runs `argv` as `nproc` local worker processes (RANK 0..N-1 on 127.0.0.1 and a free
