@@ -21,8 +21,9 @@ struct AttentionShape {
   float scale;  // applied to q.k (usually 1/sqrt(head_dim))
 };
 
-// True when this CPU has AVX-512 BF16 and the shape is one the kernels handle (head size a
-// multiple of 16 up to 256, time up to 16384). Callers take LibTorch's attention otherwise.
+// True when this CPU has AVX-512 BF16 but not AMX (where LibTorch's kernel is faster) and
+// the shape is one the kernels handle (head size a multiple of 16 up to 256, time up to
+// 16384). Callers take LibTorch's attention otherwise.
 bool flash_attention_bf16_usable(std::int64_t head_dim, std::int64_t time);
 
 // out = softmax(scale q k^T + causal mask) v; lse [B, H, T] = each row's log-sum-exp of the
