@@ -299,68 +299,132 @@ __attribute__((target("avx2,fma"))) void attend_avx2(const T* q, const Rows& k, 
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// A decode step (one query token): the row-tile layout above wastes most of each vector on a
-// group of 4 heads and broadcasts every key element. Here the vectors run along head_dim
-// instead: one pass computes each head's score against every key (a dot product of whole
-// vectors, then one horizontal sum), a softmax per head over the scores, and one pass adds
-// p * v with each V row loaded once for the whole group. The whole K and V of the sequence
-// are read once per step, so the next block is prefetched while the current one is used.
-// (Its sums run in another order than the prefill tiles: a decode row matches the same
-// row computed in a prefill to rounding, not bit for bit.)
+#define LLMCTL_AVX512 __attribute__((target("avx512f,fma")))
 
+// [x0+x1, x2+x3, y0+y1, y2+y3] over the 128-bit quarters of x and y. (The maskz forms of
+// the intrinsics here avoid GCC 12's false "may be used uninitialized" on unmasked ones.)
+LLMCTL_AVX512 inline __m512 add_quarter_pairs(__m512 x, __m512 y) {
+  return _mm512_add_ps(_mm512_maskz_shuffle_f32x4(0xFFFF, x, y, 0x88), _mm512_maskz_shuffle_f32x4(0xFFFF, x, y, 0xDD));
+}
+
+// Sixteen vectors a[0..15] -> one vector whose lane i is the sum of a[i]'s lanes: a
+// transpose-and-add tree (pairs of 32-bit lanes, then 64-bit, then 128-bit quarters), 3 ops
+// per input instead of a horizontal sum each.
+LLMCTL_AVX512 inline __m512 sum_lanes_16(const __m512* a) {
+  __m512 c[8], d[4];
+  for (int i = 0; i < 8; ++i)
+    c[i] = _mm512_add_ps(_mm512_maskz_unpacklo_ps(0xFFFF, a[2 * i], a[2 * i + 1]),
+                         _mm512_maskz_unpackhi_ps(0xFFFF, a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(c[2 * i]), y = _mm512_castps_pd(c[2 * i + 1]);
+    d[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xFF, x, y)),
+                         _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xFF, x, y)));
+  }
+  const __m512 e0 = add_quarter_pairs(d[0], d[1]), e1 = add_quarter_pairs(d[2], d[3]);
+  return add_quarter_pairs(e0, e1);
+}
+
+// A decode step (one query token against its whole cache), block by block of the cache:
+// the block's rows are widened to fp32 once into a small buffer, then
+//  - scores: per head, 16 keys at a time, one accumulator vector per key along head_dim,
+//    reduced together by sum_lanes_16 (no horizontal sum per key);
+//  - output: per head, the accumulators of a head_dim slice stay in registers over the
+//    block's rows.
+// K's blocks then V's blocks form one stream read in order, each prefetched kAhead blocks
+// before use (decode reads every sequence's whole cache once per step). Its sums run in
+// another order than the prefill tiles: a decode row matches the same row computed in a
+// prefill to rounding, not bit for bit.
 template <typename T, typename Rows>
-__attribute__((target("avx512f,fma"))) void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
-                                                          const PagedAttentionShape& sh,
-                                                          const PagedAttentionItem& it, std::vector<float>& scratch) {
+LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
+                                 const PagedAttentionShape& sh, const PagedAttentionItem& it,
+                                 std::vector<float>& scratch) {
+  constexpr std::int64_t kRows = 16, kAhead = 4;
   const std::int64_t D = sh.head_dim, H = sh.heads, G = sh.heads / sh.kv_heads, bs = sh.block_size;
-  const std::int64_t keys = it.first_pos + 1, nv = D / 16;
-  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * keys + D);
+  // Score rows are padded by a whole chunk: a chunk stores 16 lanes even when it holds fewer
+  // keys (blocks smaller than 16), and the next chunk overwrites the spare lanes.
+  const std::int64_t keys = it.first_pos + 1, nv = D / 16, kp = (keys + kRows - 1) / kRows * kRows + kRows;
+  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * kp + kRows * D);
   if (scratch.size() < need) scratch.resize(need);
   float* qf = scratch.data();  // [G][D], pre-scaled
   float* o = qf + G * D;       // [G][D]
-  float* s = o + G * D;        // [G][keys]
-  float* tmp = s + G * keys;   // [D]: a dequantised row (quantised caches)
+  float* s = o + G * D;        // [G][kp]: scores, then probabilities
+  float* rows = s + G * kp;    // [kRows][D]: up to 16 cache rows in fp32
   const T* qrow = q + (it.row_begin * H + it.kv_head * G) * D;
   for (std::int64_t i = 0; i < G * D; ++i) qf[i] = load(qrow, i) * sh.scale;
-  auto prefetch_block = [&](const Rows& cache, std::int64_t j) {  // rows j .. end of j's block
-    if (j < keys) prefetch_rows(cache, row_index(sh, it, j), std::min(keys, (j / bs + 1) * bs) - j, D);
-  };
 
-  prefetch_block(k_cache, 0);
-  for (std::int64_t j = 0; j < keys; ++j) {
-    if (j % bs == 0) prefetch_block(k_cache, j + bs - j % bs);
-    const auto* kr = simd_row(k_cache, row_index(sh, it, j), D, tmp);
-    for (std::int64_t h = 0; h < G; ++h) {
-      __m512 acc = _mm512_setzero_ps();
-      for (std::int64_t c = 0; c < nv; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qf + h * D + c * 16), load16(kr + c * 16), acc);
-      s[h * keys + j] = hsum16(acc);
+  const std::int64_t blocks = (keys + bs - 1) / bs;
+  auto block_row = [&](std::int64_t b) { return row_index(sh, it, b * bs); };
+  auto block_len = [&](std::int64_t b) { return std::min(bs, keys - b * bs); };
+  auto prefetch_stream = [&](std::int64_t i) {
+    if (i < blocks) prefetch_rows(k_cache, block_row(i), block_len(i), D);
+    else if (i < 2 * blocks) prefetch_rows(v_cache, block_row(i - blocks), block_len(i - blocks), D);
+  };
+  for (std::int64_t i = 0; i < kAhead; ++i) prefetch_stream(i);
+  // Rows j0 .. j0 + n of the cache (n <= 16, inside one block) into `rows`, zero-padded to 16.
+  auto widen = [&](const Rows& cache, std::int64_t j0, std::int64_t n) {
+    const std::int64_t r0 = row_index(sh, it, j0);
+    for (std::int64_t t = 0; t < n; ++t) row_to_fp32(cache, r0 + t, D, rows + t * D);
+    std::fill(rows + n * D, rows + kRows * D, 0.0f);
+  };
+  // Key chunks of 16 that never cross a block (block sizes are multiples of 16 or below it).
+  const std::int64_t chunk = std::min<std::int64_t>(kRows, bs);
+
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    prefetch_stream(b + kAhead);
+    for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
+      const std::int64_t n = std::min(chunk, keys - j0);
+      widen(k_cache, j0, n);
+      for (std::int64_t h = 0; h < G; ++h) {
+        __m512 acc[kRows];
+        for (auto& a : acc) a = _mm512_setzero_ps();
+        for (std::int64_t c = 0; c < nv; ++c) {
+          const __m512 qv = _mm512_loadu_ps(qf + h * D + c * 16);
+          for (int t = 0; t < kRows; ++t) acc[t] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows + t * D + c * 16), acc[t]);
+        }
+        _mm512_storeu_ps(s + h * kp + j0, sum_lanes_16(acc));  // lanes past `keys` are never read
+      }
     }
   }
   float inv[256];
   for (std::int64_t h = 0; h < G; ++h) {
-    float* sh_ = s + h * keys;
-    float mx = -INFINITY, sum = 0;
-    for (std::int64_t j = 0; j < keys; ++j) mx = std::max(mx, sh_[j]);
-    for (std::int64_t j = 0; j < keys; ++j) sum += (sh_[j] = exp_approx(sh_[j] - mx));
+    float* sh_ = s + h * kp;
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    std::int64_t j = 0;
+    for (; j + 16 <= keys; j += 16) m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_loadu_ps(sh_ + j));
+    float mx = hmax16(m);
+    for (; j < keys; ++j) mx = std::max(mx, sh_[j]);
+    float sum = 0;
+    for (j = 0; j < keys; ++j) sum += (sh_[j] = exp_approx(sh_[j] - mx));
     inv[h] = 1.0f / sum;
   }
   std::fill(o, o + G * D, 0.0f);
-  prefetch_block(v_cache, 0);
-  for (std::int64_t j = 0; j < keys; ++j) {
-    if (j % bs == 0) prefetch_block(v_cache, j + bs - j % bs);
-    const auto* vr = simd_row(v_cache, row_index(sh, it, j), D, tmp);
-    for (std::int64_t c = 0; c < nv; ++c) {
-      const __m512 v = load16(vr + c * 16);
-      for (std::int64_t h = 0; h < G; ++h) {
-        float* oh = o + h * D + c * 16;
-        _mm512_storeu_ps(oh, _mm512_fmadd_ps(_mm512_set1_ps(s[h * keys + j]), v, _mm512_loadu_ps(oh)));
-      }
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    prefetch_stream(blocks + b + kAhead);
+    for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
+      const std::int64_t n = std::min(chunk, keys - j0);
+      widen(v_cache, j0, n);
+      for (std::int64_t h = 0; h < G; ++h)
+        for (std::int64_t c0 = 0; c0 < nv; c0 += 4) {  // four head_dim vectors in registers
+          const std::int64_t cn = std::min<std::int64_t>(4, nv - c0);
+          float* oh = o + h * D + c0 * 16;
+          __m512 acc[4];
+          for (int c = 0; c < 4; ++c) acc[c] = c < cn ? _mm512_loadu_ps(oh + c * 16) : _mm512_setzero_ps();
+          for (std::int64_t t = 0; t < n; ++t) {
+            const __m512 p = _mm512_set1_ps(s[h * kp + j0 + t]);
+            const float* vr = rows + t * D + c0 * 16;
+            for (int c = 0; c < 4; ++c)
+              if (c < cn) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + c * 16), acc[c]);
+          }
+          for (int c = 0; c < 4; ++c)
+            if (c < cn) _mm512_storeu_ps(oh + c * 16, acc[c]);
+        }
     }
   }
   T* orow = out + (it.row_begin * H + it.kv_head * G) * D;
   for (std::int64_t h = 0; h < G; ++h)
     for (std::int64_t d = 0; d < D; ++d) store(orow, h * D + d, o[h * D + d] * inv[h]);
 }
+#undef LLMCTL_AVX512
 #endif
 
 enum class Isa { kAvx512, kAvx2, kBaseline };
