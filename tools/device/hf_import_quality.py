@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A model trained elsewhere, imported by llmctl: HF transformers trains a minimind2-small-shaped
-LlamaForCausalLM on the demo corpus (bf16 autocast, AdamW, warmup + cosine) and saves it with
+LlamaForCausalLM (the shape of an llmctl preset) on the demo corpus (bf16 autocast, AdamW, warmup + cosine) and saves it with
 save_pretrained; the directory (plus the demo tokenizer) then goes through
 `llmctl quantize` / `llmctl eval` like any downloaded model. Used on the lent GPU machine by
 tools/device/hf_import_quality.sh; runs (slowly) on CPU with --device cpu for a smoke test.
 
   python3 tools/device/hf_import_quality.py --out /tmp/hf --seconds 90 --device cuda
+  python3 tools/device/hf_import_quality.py --out /tmp/hf --preset minimind2 --steps 620 --lr 1e-3
 """
 import argparse
 import json
@@ -32,6 +33,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--preset", default="minimind2-small", help="configs/<preset>.json gives the shape")
     ap.add_argument("--small", action="store_true", help="a 2-layer 128-wide model (CPU smoke test)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -44,8 +46,12 @@ def main():
     data = torch.tensor(ids[: n * args.seq + 1])
     print("tokens", len(ids), "windows", n, flush=True)
 
-    shape = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4, head_dim=32) if args.small \
-        else dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, head_dim=64)
+    if args.small:
+        shape = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4, head_dim=32)
+    else:
+        preset = json.load(open(os.path.join(ROOT, "configs", args.preset + ".json")))
+        shape = {k: preset[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads", "head_dim")}
     cfg = LlamaConfig(vocab_size=6400, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e6,
                       rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0, **shape)
     model = LlamaForCausalLM(cfg).to(args.device)
