@@ -324,8 +324,33 @@ LLMCTL_AVX512 inline __m512 sum_lanes_16(const __m512* a) {
   return add_quarter_pairs(e0, e1);
 }
 
+// The 16 rows of a decode chunk (cache rows r0 .. r0 + n; the spare slots repeat row r0,
+// whose scores land in lanes that are never read): pointers straight into an unquantised
+// cache, or into `buf` after dequantising.
+template <typename Rows>
+struct RowElem;
+template <typename T>
+struct RowElem<DenseRows<T>> {
+  using type = T;
+};
+template <int Bits>
+struct RowElem<QuantRows<Bits>> {
+  using type = float;
+};
+template <typename T>
+inline void chunk_rows(const DenseRows<T>& c, std::int64_t r0, std::int64_t n, std::int64_t D, float*,
+                       const T* (&p)[16]) {
+  for (std::int64_t t = 0; t < 16; ++t) p[t] = c.data + (r0 + (t < n ? t : 0)) * D;
+}
+template <int Bits>
+inline void chunk_rows(const QuantRows<Bits>& c, std::int64_t r0, std::int64_t n, std::int64_t D, float* buf,
+                       const float* (&p)[16]) {
+  for (std::int64_t t = 0; t < n; ++t) row_to_fp32(c, r0 + t, D, buf + t * D);
+  for (std::int64_t t = 0; t < 16; ++t) p[t] = buf + (t < n ? t : 0) * D;
+}
+
 // A decode step (one query token against its whole cache), block by block of the cache:
-// the block's rows are widened to fp32 once into a small buffer, then
+// 16 rows at a time (read in place, or dequantised into a small buffer), then
 //  - scores: per head, 16 keys at a time, one accumulator vector per key along head_dim,
 //    reduced together by sum_lanes_16 (no horizontal sum per key);
 //  - output: per head, the accumulators of a head_dim slice stay in registers over the
@@ -348,7 +373,7 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
   float* qf = scratch.data();  // [G][D], pre-scaled
   float* o = qf + G * D;       // [G][D]
   float* s = o + G * D;        // [G][kp]: scores, then probabilities
-  float* rows = s + G * kp;    // [kRows][D]: up to 16 cache rows in fp32
+  float* rows = s + G * kp;    // [kRows][D]: up to 16 dequantised cache rows
   const T* qrow = q + (it.row_begin * H + it.kv_head * G) * D;
   for (std::int64_t i = 0; i < G * D; ++i) qf[i] = load(qrow, i) * sh.scale;
 
@@ -360,12 +385,8 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
     else if (i < 2 * blocks) prefetch_rows(v_cache, block_row(i - blocks), block_len(i - blocks), D);
   };
   for (std::int64_t i = 0; i < kAhead; ++i) prefetch_stream(i);
-  // Rows j0 .. j0 + n of the cache (n <= 16, inside one block) into `rows`, zero-padded to 16.
-  auto widen = [&](const Rows& cache, std::int64_t j0, std::int64_t n) {
-    const std::int64_t r0 = row_index(sh, it, j0);
-    for (std::int64_t t = 0; t < n; ++t) row_to_fp32(cache, r0 + t, D, rows + t * D);
-    std::fill(rows + n * D, rows + kRows * D, 0.0f);
-  };
+  using E = typename RowElem<Rows>::type;
+  const E* rp[kRows];
   // Key chunks of 16 that never cross a block (block sizes are multiples of 16 or below it).
   const std::int64_t chunk = std::min<std::int64_t>(kRows, bs);
 
@@ -373,13 +394,13 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
     prefetch_stream(b + kAhead);
     for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
       const std::int64_t n = std::min(chunk, keys - j0);
-      widen(k_cache, j0, n);
+      chunk_rows(k_cache, row_index(sh, it, j0), n, D, rows, rp);
       for (std::int64_t h = 0; h < G; ++h) {
         __m512 acc[kRows];
         for (auto& a : acc) a = _mm512_setzero_ps();
         for (std::int64_t c = 0; c < nv; ++c) {
           const __m512 qv = _mm512_loadu_ps(qf + h * D + c * 16);
-          for (int t = 0; t < kRows; ++t) acc[t] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows + t * D + c * 16), acc[t]);
+          for (int t = 0; t < kRows; ++t) acc[t] = _mm512_fmadd_ps(qv, load16(rp[t] + c * 16), acc[t]);
         }
         _mm512_storeu_ps(s + h * kp + j0, sum_lanes_16(acc));  // lanes past `keys` are never read
       }
@@ -402,7 +423,7 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
     prefetch_stream(blocks + b + kAhead);
     for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
       const std::int64_t n = std::min(chunk, keys - j0);
-      widen(v_cache, j0, n);
+      chunk_rows(v_cache, row_index(sh, it, j0), n, D, rows, rp);
       for (std::int64_t h = 0; h < G; ++h)
         for (std::int64_t c0 = 0; c0 < nv; c0 += 4) {  // four head_dim vectors in registers
           const std::int64_t cn = std::min<std::int64_t>(4, nv - c0);
@@ -411,9 +432,9 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
           for (int c = 0; c < 4; ++c) acc[c] = c < cn ? _mm512_loadu_ps(oh + c * 16) : _mm512_setzero_ps();
           for (std::int64_t t = 0; t < n; ++t) {
             const __m512 p = _mm512_set1_ps(s[h * kp + j0 + t]);
-            const float* vr = rows + t * D + c0 * 16;
+            const E* vr = rp[t] + c0 * 16;
             for (int c = 0; c < 4; ++c)
-              if (c < cn) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + c * 16), acc[c]);
+              if (c < cn) acc[c] = _mm512_fmadd_ps(p, load16(vr + c * 16), acc[c]);
           }
           for (int c = 0; c < 4; ++c)
             if (c < cn) _mm512_storeu_ps(oh + c * 16, acc[c]);
