@@ -215,9 +215,15 @@ TrainResult train(const TrainOptions& opt) {
   keep_freed_memory_for_reuse();
   const DistEnv denv = DistEnv::from_env();
   torch::Device dev(opt.device);
-  // One GPU per local rank unless the user named one.
-  if (dev.is_cuda() && !dev.has_index() && denv.world > 1) dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(denv.local_rank));
   if (dev.is_cuda() && !torch::cuda::is_available()) throw Error("--device " + opt.device + ": no CUDA GPU available");
+  if (dev.is_cuda() && !dev.has_index() && denv.world > 1) {
+    // One GPU per local rank unless one is named, as torchrun lays processes out; with
+    // fewer GPUs than local ranks they share (gradients are summed on the host by Gloo).
+    const auto gpus = static_cast<int>(torch::cuda::device_count());
+    if (denv.local_rank >= gpus)
+      log::warn(cat("data-parallel: local rank ", denv.local_rank, " shares a GPU (", gpus, " for more local ranks)"));
+    dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(denv.local_rank % gpus));
+  }
   const bool bf16 = opt.dtype == "bf16";
   fs::create_directories(opt.out_dir);
   Communicator comm(denv);
