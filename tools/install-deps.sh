@@ -18,6 +18,7 @@ APT_PACKAGES=(
 )
 VENV=.venv
 REQ=tools/requirements.txt
+REQ_AWQ=tools/requirements-autoawq.txt  # AutoAWQ oracle, in its own directory (see the file)
 STAMP=$VENV/.requirements.sha256
 
 check_only=0
@@ -45,7 +46,7 @@ else
 fi
 
 # --- Python venv with torch (LibTorch) and the test oracles -----------------------------
-want=$(sha256sum "$REQ" | cut -d' ' -f1)
+want=$(cat "$REQ" "$REQ_AWQ" | sha256sum | cut -d' ' -f1)
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ "$want" == "$have" ]] && "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   say "Python venv: up to date ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
@@ -59,6 +60,11 @@ if ! "$VENV/bin/pip" install --disable-pip-version-check -q -r "$REQ"; then
   say "pip install failed: LibTorch comes from PyPI's torch wheel, so llmctl cannot be built"
   say "without it. Check network access to PyPI and rerun this script."
   exit 1
+fi
+rm -rf "$VENV/autoawq"
+if ! "$VENV/bin/pip" install --disable-pip-version-check -q --no-deps --target "$VENV/autoawq" -r "$REQ_AWQ"; then
+  say "AutoAWQ oracle install failed: its test in tests/python/test_quantize.py will be skipped"
+  rm -rf "$VENV/autoawq"
 fi
 echo "$want" > "$STAMP"
 say "Python venv ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')"

@@ -6,6 +6,9 @@
 * An AWQ directory's log-probs in llmctl (dequantized, (q - z) * s) equal transformers'
   LlamaForCausalLM built from the same dequantized weights.
 * transformers' AutoConfig reads the quantization_config.
+* AutoAWQ itself (0.2.9, from .venv/autoawq; tests/python/autoawq_oracle.py) loads the AWQ
+  directory, runs it to the same log-probs and argmax as llmctl, and its own
+  WQLinear_GEMM.from_linear re-packs the weights bit for bit as llmctl wrote them.
 * Quality on a small model trained here with `llmctl pretrain`: AWQ held-out perplexity within
   3% of the fp model's, and the search's block errors (its own objective, on the calibration
   data) below RTN's. On models this small, int4 at group 32 moves held-out perplexity by well
@@ -16,6 +19,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -219,6 +224,26 @@ def test_transformers_reads_the_quantization_config(quantized):
     q = q if isinstance(q, dict) else q.to_dict()
     assert q["quant_method"] == "awq" and q["bits"] == 4 and q["group_size"] == GROUP
     assert q["zero_point"] is True and str(q["version"]).lower() == "gemm"
+
+
+AUTOAWQ = os.path.join(ROOT, ".venv", "autoawq")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(AUTOAWQ, "awq")),
+                    reason="AutoAWQ oracle not installed (tools/install-deps.sh puts it in .venv/autoawq)")
+def test_autoawq_loads_runs_and_repacks_llmctl_output(quantized, llmctl_json):
+    out = quantized["awq"][0]
+    ids = [1, 5, 9, 13, 100, 7, 42, 300, 2]
+    env = dict(os.environ, PYTHONPATH=AUTOAWQ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "python", "autoawq_oracle.py"), out,
+                        ",".join(map(str, ids))], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    theirs = json.loads(p.stdout.strip().splitlines()[-1])
+    assert theirs["repacked"] and all(theirs["repacked"].values()), theirs["repacked"]
+    ours = llmctl_json("eval", "--model", out, "--ids", ",".join(map(str, ids)))
+    assert ours["argmax"] == theirs["argmax"]
+    for i in range(1, len(ids)):  # AutoAWQ computes in fp16
+        assert abs(ours["logprobs"][i] - theirs["logprobs"][i]) < 2e-2, i
 
 
 # ---- quality ------------------------------------------------------------------------------
