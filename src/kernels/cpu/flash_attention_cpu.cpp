@@ -30,12 +30,6 @@ constexpr std::int64_t kMaxHeadDim = 256;
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
-std::uint16_t bf16_bits(float v) {  // round to nearest even, as simd.h's store()
-  std::uint32_t w;
-  std::memcpy(&w, &v, 4);
-  return static_cast<std::uint16_t>((w + 0x7FFFu + ((w >> 16) & 1u)) >> 16);
-}
-
 // Operand layouts. A (left) operands are bf16 rows read in pairs of consecutive k. B (right)
 // operands are "VNNI packed": for each pair of consecutive k, the 16 columns of a vector
 // hold (B[k][n], B[k+1][n]) side by side, i.e. element (k, n) lives at
@@ -67,24 +61,20 @@ void pack_rows_as_rows(const bf16* src, std::int64_t ld, std::int64_t rows, std:
 
 // fp32 rows x[r][0..n) (r < m) as B rows for the next product, rounded to bf16; row m is
 // zero when m is odd.
-LLMCTL_BF16 void pack_fp32_as_rows(const float* x, std::int64_t ldx, std::int64_t m, std::int64_t n, std::uint32_t* dst) {
+LLMCTL_BF16 void pack_fp32_as_rows(const float* x, std::int64_t ldx, std::int64_t m, std::int64_t n, bf16* dst) {
   for (std::int64_t r = 0; r < m; r += 2) {
-    const float* x0 = x + r * ldx;
-    std::uint32_t* d = dst + (r / 2) * n;
-    if (r + 1 < m) {
-      const float* x1 = x0 + ldx;
-      for (std::int64_t j = 0; j < n; ++j)
-        d[j] = bf16_bits(x0[j]) | (static_cast<std::uint32_t>(bf16_bits(x1[j])) << 16);
-    } else {
-      for (std::int64_t j = 0; j < n; ++j) d[j] = bf16_bits(x0[j]);
+    const float *x0 = x + r * ldx, *x1 = x0 + ldx;
+    bf16* d = dst + r * n;  // rows r and r + 1 interleaved
+    for (std::int64_t j = 0; j < n; ++j) {
+      store(d, 2 * j, x0[j]);
+      store(d, 2 * j + 1, r + 1 < m ? x1[j] : 0.0f);
     }
   }
 }
 
 // fp32 rows as a bf16 A operand (row-major, same leading dimension).
 LLMCTL_BF16 void fp32_rows_to_bf16(const float* x, std::int64_t m, std::int64_t n, bf16* dst) {
-  auto* d = reinterpret_cast<std::uint16_t*>(dst);
-  for (std::int64_t i = 0; i < m * n; ++i) d[i] = bf16_bits(x[i]);
+  for (std::int64_t i = 0; i < m * n; ++i) store(dst, i, x[i]);
 }
 
 // A block of bf16 rows src[i][0..D) (i < m) transposed into dst[d][i] (row length kBlock),
@@ -328,8 +318,8 @@ void flash_attention_bf16_backward(const AttentionShape& shape, const bf16* q, c
             for (std::int64_t d = 0; d < D; ++d) store(dst, d, w.o[r * D + d] * z.scale);
           }
           // dk^T += q^T ds and dv^T += do^T p, the block's rows as the reduction.
-          pack_fp32_as_rows(w.dp.data(), n, m, n, reinterpret_cast<std::uint32_t*>(w.pairs_ds.data()));
-          pack_fp32_as_rows(w.s.data(), n, m, n, reinterpret_cast<std::uint32_t*>(w.pairs_p.data()));
+          pack_fp32_as_rows(w.dp.data(), n, m, n, w.pairs_ds.data());
+          pack_fp32_as_rows(w.s.data(), n, m, n, w.pairs_p.data());
           transpose_block(qb, z.ldq, m, D, w.qt.data());
           transpose_block(gb, z.ldq, m, D, w.dot.data());
           gemm(D, n, mpad, w.qt.data(), kBlock, w.pairs_ds.data(), n, dkt.data(), tpad, true);
