@@ -60,10 +60,14 @@ LLMCTL_AVX512 void micro_avx512(const float* x, std::int64_t k, const W* panel, 
                                 std::int64_t cols, bool prefetch) {
   __m512 acc[ROWS][2];
   for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  constexpr std::int64_t kAhead = 4096 / sizeof(W);  // panel elements prefetched ahead (streaming decode)
+  // Streaming decode: every cache line of the panel is requested 4 KiB ahead (a panel row is
+  // kPanel weights: two lines in fp32, one in bf16).
+  constexpr std::int64_t kAhead = 4096 / sizeof(W), kLineElems = 64 / sizeof(W);
   for (std::int64_t kk = 0; kk < k; ++kk) {
     const W* wp = panel + kk * kPanel;
-    if (prefetch && (kk & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wp + kAhead), _MM_HINT_T0);
+    if (prefetch)
+      for (std::int64_t l = 0; l < kPanel; l += kLineElems)
+        _mm_prefetch(reinterpret_cast<const char*>(wp + kAhead + l), _MM_HINT_T0);
     const __m512 w0 = load16(wp), w1 = load16(wp + 16);
     for (int r = 0; r < ROWS; ++r) {
       const __m512 xv = _mm512_set1_ps(x[r * k + kk]);
