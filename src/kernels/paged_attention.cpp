@@ -151,8 +151,13 @@ void run_cpu(const torch::Tensor& q, const Rows& kp, const Rows& vp, const torch
   const auto workers = std::min<std::int64_t>(at::get_num_threads(), static_cast<std::int64_t>(items.size()));
   at::parallel_for(0, workers, 1, [&](std::int64_t, std::int64_t) {
     std::vector<float> scratch;
-    for (std::size_t i; (i = next.fetch_add(1)) < order.size();)
-      cpu::paged_attention_item(qp, kp, vp, op, shape, items[order[i]], scratch);
+    // Each thread claims its next item before running the current one, so the kernel can
+    // prefetch the next item's cache while it finishes this one.
+    for (std::size_t i = next.fetch_add(1), j; i < order.size(); i = j) {
+      j = next.fetch_add(1);
+      cpu::paged_attention_item(qp, kp, vp, op, shape, items[order[i]], j < order.size() ? &items[order[j]] : nullptr,
+                                scratch);
+    }
   });
 }
 

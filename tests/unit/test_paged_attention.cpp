@@ -360,3 +360,50 @@ TEST(PagedAttention, Benchmark) {
     }
   at::set_num_threads(threads);
 }
+
+// LLMCTL_BENCH_ATTENTION=1: one decode step of the engine's 64-sequence benchmark: 8
+// layers' caches (minimind2-small), 64 sequences at context 160, blocks handed out the way
+// the block manager does when all sequences grow together (sequence s's j-th block is
+// j * 64 + s). "from DRAM": each layer its own cache, ~84 MB (f32) of K/V per step that no
+// cache holds; "in cache": one layer's 10.5 MB read 8 times (the kernel's arithmetic alone).
+TEST(PagedAttention, DecodeStepBenchmark) {
+  const char* env = std::getenv("LLMCTL_BENCH_ATTENTION");
+  if (!env || std::string(env) != "1") GTEST_SKIP() << "set LLMCTL_BENCH_ATTENTION=1 to time";
+  constexpr std::int64_t kLayers = 8, kSeqs = 64, kCtx = 160, kBlocks = 8192;
+  const auto& sh = kGqa;
+  const auto used = (kCtx + sh.block_size - 1) / sh.block_size;
+  auto tables = torch::empty({kSeqs, used}, torch::kInt32);
+  for (std::int64_t s = 0; s < kSeqs; ++s)
+    for (std::int64_t j = 0; j < used; ++j) tables[s][j] = static_cast<std::int32_t>(j * kSeqs + s);
+  const auto starts = torch::arange(kSeqs + 1, torch::kInt32);
+  const auto lens = torch::full({kSeqs}, kCtx, torch::kInt32);
+  for (auto dt : kDtypes) {
+    std::vector<kernels::KvCache> k, v;
+    for (std::int64_t l = 0; l < kLayers; ++l) {
+      for (auto* c : {&k, &v}) {
+        c->push_back(kernels::empty_kv_cache(kBlocks, sh.kv_heads, sh.block_size, sh.head_dim, dt, 0, torch::kCPU));
+        c->back().data.normal_();
+      }
+    }
+    const auto q = torch::randn({kSeqs, sh.heads, sh.head_dim}).to(dt);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+    const double bytes = 2.0 * kLayers * kSeqs * kCtx * sh.kv_heads * sh.head_dim * c10::elementSize(dt);
+    for (bool in_cache : {false, true}) {
+      std::vector<double> ms;
+      for (int rep = 0; rep < 21; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (std::int64_t l = 0; l < kLayers; ++l) {
+          const auto c = in_cache ? 0 : l;
+          kernels::paged_attention(q, k[c], v[c], starts, lens, tables, scale);
+        }
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(ms.begin(), ms.end());
+      const double med = ms[ms.size() / 2];
+      std::printf("[bench] decode step, %s, %d thread(s), 8 layers x 64 sequences x context 160, %s: %.2f ms"
+                  " median (%.2f min), K/V %.1f MB at %.1f GB/s\n",
+                  c10::toString(dt), at::get_num_threads(), in_cache ? "in cache" : "from DRAM", med, ms[0],
+                  bytes / 1e6, bytes / (med * 1e6));
+    }
+  }
+}

@@ -38,11 +38,12 @@ struct QuantRows {
 };
 
 // out rows [row_begin, row_end) x the group's heads = causal softmax(q k^T * scale) v over
-// cache positions 0 .. first_pos + (row_end - row_begin) - 1.
+// cache positions 0 .. first_pos + (row_end - row_begin) - 1. `next` (may be null): the item
+// the calling thread runs after this one; a decode item prefetches its first K blocks.
 // T: float or c10::BFloat16; Rows: DenseRows<T>, QuantRows<8> or QuantRows<4>.
 template <typename T, typename Rows>
 void paged_attention_item(const T* q, const Rows& k_cache, const Rows& v_cache, T* out,
                           const PagedAttentionShape& shape, const PagedAttentionItem& item,
-                          std::vector<float>& scratch);
+                          const PagedAttentionItem* next, std::vector<float>& scratch);
 
 }  // namespace llmctl::kernels::cpu
