@@ -70,7 +70,30 @@ bool fused_cpu_applies(const torch::Tensor& x, const torch::Tensor& w) {
          x.numel() > 0;
 }
 
+// bf16 inference (no gradient wanted): the engine's bf16 path, where the torch-ops
+// reference runs ~10 elementwise kernels with conversions.
+bool fused_cpu_bf16_applies(const torch::Tensor& x, const torch::Tensor& w) {
+  if (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return false;
+  return x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
+         w.scalar_type() == torch::kBFloat16 && w.dim() == 1 && x.dim() >= 1 && x.size(-1) == w.size(0) &&
+         x.numel() > 0;
+}
+
 constexpr std::int64_t kRowsPerTask = 16;
+
+torch::Tensor rms_norm_cpu_bf16(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto xc = x.contiguous();
+  auto wc = weight.contiguous();
+  auto y = torch::empty_like(xc);
+  const auto cols = xc.size(-1), rows = xc.numel() / cols;
+  const auto* xp = xc.data_ptr<c10::BFloat16>();
+  const auto* wp = wc.data_ptr<c10::BFloat16>();
+  auto* yp = y.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, rows, kRowsPerTask, [&](std::int64_t b, std::int64_t e) {
+    cpu::rms_norm_forward_rows(xp + b * cols, wp, yp + b * cols, e - b, cols, static_cast<float>(eps));
+  });
+  return y;
+}
 
 class RMSNormCpu : public torch::autograd::Function<RMSNormCpu> {
  public:
@@ -117,6 +140,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   if (fused_cuda_applies(x, weight)) return rms_norm_cuda(x, weight, eps);
 #endif
   if (fused_cpu_applies(x, weight)) return RMSNormCpu::apply(x, weight, eps);
+  if (fused_cpu_bf16_applies(x, weight)) return rms_norm_cpu_bf16(x, weight, eps);
   return rms_norm_reference(x, weight, eps);
 }
 

@@ -47,6 +47,29 @@ TEST(RMSNorm, GradientFlowsThroughReferencePath) {
   EXPECT_GT(w.grad().abs().sum().item<float>(), 0.0f);
 }
 
+// The bf16 inference kernel (taken when no gradient is wanted) against the torch-ops path:
+// the same roundings, so equal but for rare one-ulp flips where fp32 sums differ in order.
+TEST(RMSNormCpu, Bf16InferenceMatchesReference) {
+  torch::NoGradGuard no_grad;
+  for (std::int64_t cols : {1, 7, 64, 333, 1024}) {
+    torch::manual_seed(cols);
+    auto x = (torch::randn({3, 37, cols}) * 3).to(torch::kBFloat16);
+    auto w = torch::randn({cols}).to(torch::kBFloat16);
+    auto fused = kernels::rms_norm(x, w, 1e-6);
+    auto ref = kernels::rms_norm_reference(x, w, 1e-6);
+    ASSERT_EQ(fused.scalar_type(), torch::kBFloat16);
+    ASSERT_EQ(fused.sizes(), x.sizes());
+    const auto diff = (fused.to(torch::kFloat32) - ref.to(torch::kFloat32)).abs();
+    const auto ulp = ref.to(torch::kFloat32).abs() * (1.0 / 128) + 1e-30;
+    EXPECT_TRUE((diff <= ulp).all().item<bool>()) << "cols " << cols;
+    EXPECT_GE((diff == 0).to(torch::kFloat32).mean().item<double>(), 0.99) << "cols " << cols;
+  }
+  auto x = torch::randn({16, 8}).to(torch::kBFloat16).t();  // non-contiguous
+  auto w = torch::randn({16}).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::allclose(kernels::rms_norm(x, w, 1e-5).to(torch::kFloat32),
+                              kernels::rms_norm_reference(x, w, 1e-5).to(torch::kFloat32), 1e-2, 1e-2));
+}
+
 // The fused fp32 CPU kernel (forward and its own backward) against the torch-ops path
 // differentiated by autograd: odd widths, a non-contiguous input, 3-D batches.
 TEST(RMSNormCpu, ForwardAndBackwardMatchReference) {

@@ -369,7 +369,7 @@ TEST(PagedAttention, Benchmark) {
 TEST(PagedAttention, DecodeStepBenchmark) {
   const char* env = std::getenv("LLMCTL_BENCH_ATTENTION");
   if (!env || std::string(env) != "1") GTEST_SKIP() << "set LLMCTL_BENCH_ATTENTION=1 to time";
-  constexpr std::int64_t kLayers = 8, kSeqs = 64, kCtx = 160, kBlocks = 8192;
+  constexpr std::int64_t kLayers = 8, kSeqs = 64, kCtx = 160, kBlocks = 1024;
   const auto& sh = kGqa;
   const auto used = (kCtx + sh.block_size - 1) / sh.block_size;
   auto tables = torch::empty({kSeqs, used}, torch::kInt32);

@@ -355,12 +355,117 @@ inline void chunk_rows(const QuantRows<Bits>& c, std::int64_t r0, std::int64_t n
   for (std::int64_t t = 0; t < 16; ++t) p[t] = buf + (t < n ? t : 0) * D;
 }
 
+// Scores of HG heads (queries q + h * D, pre-scaled) against the 16 rows of a chunk, into
+// s[h * kp + 0 .. 15]. Each pass takes 16 / HG keys for all HG heads: every K vector is
+// loaded (and widened, for bf16) once for the whole head group, and the pass's 16
+// accumulators (head-major) are reduced together by sum_lanes_16.
+template <int HG, typename E>
+LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_scores(const float* q, std::int64_t D,
+                                                                     const E* const* rp, float* s,
+                                                                     std::int64_t kp) {
+  constexpr int KT = 16 / HG;
+  const std::int64_t nv = D / 16;
+  for (int g = 0; g < HG; ++g) {
+    __m512 acc[16];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    for (std::int64_t c = 0; c < nv; ++c) {
+      if constexpr (HG == 1) {  // 16 keys of one head: no K vector is reused, load as used
+        const __m512 qv = _mm512_loadu_ps(q + c * 16);
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(qv, load16(rp[t] + c * 16), acc[t]);
+      } else {
+        __m512 kv[KT];
+        for (int t = 0; t < KT; ++t) kv[t] = load16(rp[g * KT + t] + c * 16);
+        for (int h = 0; h < HG; ++h) {
+          const __m512 qv = _mm512_loadu_ps(q + h * D + c * 16);
+          for (int t = 0; t < KT; ++t) acc[h * KT + t] = _mm512_fmadd_ps(qv, kv[t], acc[h * KT + t]);
+        }
+      }
+    }
+    const __m512 r = sum_lanes_16(acc);  // lane h * KT + t: head h, key g * KT + t
+    if constexpr (HG == 1) {
+      _mm512_storeu_ps(s, r);
+    } else {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, r);
+      for (int h = 0; h < HG; ++h)
+        for (int t = 0; t < KT; ++t) s[h * kp + g * KT + t] = lanes[h * KT + t];
+    }
+  }
+}
+
+// o[h] += sum_{t < n} p[h * kp + t] * v[t] for HG heads: each V vector is loaded once for
+// the group, and the outputs of a 4-vector head_dim slice stay in registers over the rows.
+template <int HG, typename E>
+LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_values(const float* p, std::int64_t kp,
+                                                                     const E* const* rp, std::int64_t n,
+                                                                     std::int64_t D, float* o) {
+  const std::int64_t nv = D / 16;
+  for (std::int64_t c0 = 0; c0 < nv; c0 += 4) {
+    const std::int64_t cn = std::min<std::int64_t>(4, nv - c0);
+    __m512 acc[HG][4];
+    for (int h = 0; h < HG; ++h)
+      for (int c = 0; c < 4; ++c)
+        acc[h][c] = c < cn ? _mm512_loadu_ps(o + h * D + (c0 + c) * 16) : _mm512_setzero_ps();
+    for (std::int64_t t = 0; t < n; ++t) {
+      __m512 v[4];
+      for (int c = 0; c < 4; ++c) v[c] = c < cn ? load16(rp[t] + (c0 + c) * 16) : _mm512_setzero_ps();
+      for (int h = 0; h < HG; ++h) {
+        const __m512 pv = _mm512_set1_ps(p[h * kp + t]);
+        for (int c = 0; c < 4; ++c)
+          if (c < cn) acc[h][c] = _mm512_fmadd_ps(pv, v[c], acc[h][c]);
+      }
+    }
+    for (int h = 0; h < HG; ++h)
+      for (int c = 0; c < 4; ++c)
+        if (c < cn) _mm512_storeu_ps(o + h * D + (c0 + c) * 16, acc[h][c]);
+  }
+}
+
+// Both over heads [0, G) in groups of 4, then 2, then 1 (s: the chunk's column of the
+// [G][kp] scores; o: [G][D]).
+template <typename E>
+LLMCTL_AVX512 inline __attribute__((always_inline)) void scores_all_heads(const float* q, std::int64_t G,
+                                                                         std::int64_t D, const E* const* rp,
+                                                                         float* s, std::int64_t kp) {
+  std::int64_t h0 = 0;
+  for (; h0 + 4 <= G; h0 += 4) chunk_scores<4>(q + h0 * D, D, rp, s + h0 * kp, kp);
+  if (h0 + 2 <= G) chunk_scores<2>(q + h0 * D, D, rp, s + h0 * kp, kp), h0 += 2;
+  if (h0 < G) chunk_scores<1>(q + h0 * D, D, rp, s + h0 * kp, kp);
+}
+template <typename E>
+LLMCTL_AVX512 inline __attribute__((always_inline)) void values_all_heads(const float* p, std::int64_t kp,
+                                                                         std::int64_t G, const E* const* rp,
+                                                                         std::int64_t n, std::int64_t D, float* o) {
+  std::int64_t h0 = 0;
+  for (; h0 + 4 <= G; h0 += 4) chunk_values<4>(p + h0 * kp, kp, rp, n, D, o + h0 * D);
+  if (h0 + 2 <= G) chunk_values<2>(p + h0 * kp, kp, rp, n, D, o + h0 * D), h0 += 2;
+  if (h0 < G) chunk_values<1>(p + h0 * kp, kp, rp, n, D, o + h0 * D);
+}
+
+// In place over a row of scores (read up to the next multiple of 16): p = exp(s - max) for
+// j < keys, 0 past them; returns the sum.
+LLMCTL_AVX512 inline float softmax_numerators(float* row, std::int64_t keys) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  std::int64_t j = 0;
+  for (; j + 16 <= keys; j += 16) m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_loadu_ps(row + j));
+  float mx = hmax16(m);
+  for (; j < keys; ++j) mx = std::max(mx, row[j]);
+  const __m512 mxv = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  for (j = 0; j < keys; j += 16) {
+    const __mmask16 live = keys - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (keys - j)) - 1);
+    const __m512 ev = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_loadu_ps(row + j), mxv)));
+    _mm512_storeu_ps(row + j, ev);
+    sum = _mm512_add_ps(sum, ev);
+  }
+  return hsum16(sum);
+}
+
 // A decode step (one query token against its whole cache), block by block of the cache:
 // 16 rows at a time (read in place, or dequantised into a small buffer), then
-//  - scores: per head, 16 keys at a time, one accumulator vector per key along head_dim,
-//    reduced together by sum_lanes_16 (no horizontal sum per key);
-//  - output: per head, the accumulators of a head_dim slice stay in registers over the
-//    block's rows.
+//  - scores: chunk_scores per group of up to 4 heads (each K row loaded once per group);
+//  - softmax over each head's whole row of scores;
+//  - output: chunk_values per group (each V row loaded once per group).
 // K's blocks then V's blocks form one stream read in order, each prefetched kAhead blocks
 // before use (decode reads every sequence's whole cache once per step). Its sums run in
 // another order than the prefill tiles: a decode row matches the same row computed in a
@@ -373,7 +478,7 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
   const std::int64_t D = sh.head_dim, H = sh.heads, G = sh.heads / sh.kv_heads, bs = sh.block_size;
   // Score rows are padded by a whole chunk: a chunk stores 16 lanes even when it holds fewer
   // keys (blocks smaller than 16), and the next chunk overwrites the spare lanes.
-  const std::int64_t keys = it.first_pos + 1, nv = D / 16, kp = (keys + kRows - 1) / kRows * kRows + kRows;
+  const std::int64_t keys = it.first_pos + 1, kp = (keys + kRows - 1) / kRows * kRows + kRows;
   const std::size_t need = static_cast<std::size_t>(2 * G * D + G * kp + kRows * D);
   if (scratch.size() < need) scratch.resize(need);
   float* qf = scratch.data();  // [G][D], pre-scaled
@@ -407,52 +512,19 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
   for (std::int64_t b = 0; b < blocks; ++b) {
     prefetch_stream(b + kAhead);
     for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
-      const std::int64_t n = std::min(chunk, keys - j0);
-      chunk_rows(k_cache, row_index(sh, it, j0), n, D, rows, rp);
-      for (std::int64_t h = 0; h < G; ++h) {
-        __m512 acc[kRows];
-        for (auto& a : acc) a = _mm512_setzero_ps();
-        for (std::int64_t c = 0; c < nv; ++c) {
-          const __m512 qv = _mm512_loadu_ps(qf + h * D + c * 16);
-          for (int t = 0; t < kRows; ++t) acc[t] = _mm512_fmadd_ps(qv, load16(rp[t] + c * 16), acc[t]);
-        }
-        _mm512_storeu_ps(s + h * kp + j0, sum_lanes_16(acc));  // lanes past `keys` are never read
-      }
+      chunk_rows(k_cache, row_index(sh, it, j0), std::min(chunk, keys - j0), D, rows, rp);
+      scores_all_heads(qf, G, D, rp, s + j0, kp);  // lanes past `keys` are never read
     }
   }
   float inv[256];
-  for (std::int64_t h = 0; h < G; ++h) {
-    float* sh_ = s + h * kp;
-    __m512 m = _mm512_set1_ps(-INFINITY);
-    std::int64_t j = 0;
-    for (; j + 16 <= keys; j += 16) m = _mm512_maskz_max_ps(0xFFFF, m, _mm512_loadu_ps(sh_ + j));
-    float mx = hmax16(m);
-    for (; j < keys; ++j) mx = std::max(mx, sh_[j]);
-    float sum = 0;
-    for (j = 0; j < keys; ++j) sum += (sh_[j] = exp_approx(sh_[j] - mx));
-    inv[h] = 1.0f / sum;
-  }
+  for (std::int64_t h = 0; h < G; ++h) inv[h] = 1.0f / softmax_numerators(s + h * kp, keys);
   std::fill(o, o + G * D, 0.0f);
   for (std::int64_t b = 0; b < blocks; ++b) {
     prefetch_stream(blocks + b + kAhead);
     for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
       const std::int64_t n = std::min(chunk, keys - j0);
       chunk_rows(v_cache, row_index(sh, it, j0), n, D, rows, rp);
-      for (std::int64_t h = 0; h < G; ++h)
-        for (std::int64_t c0 = 0; c0 < nv; c0 += 4) {  // four head_dim vectors in registers
-          const std::int64_t cn = std::min<std::int64_t>(4, nv - c0);
-          float* oh = o + h * D + c0 * 16;
-          __m512 acc[4];
-          for (int c = 0; c < 4; ++c) acc[c] = c < cn ? _mm512_loadu_ps(oh + c * 16) : _mm512_setzero_ps();
-          for (std::int64_t t = 0; t < n; ++t) {
-            const __m512 p = _mm512_set1_ps(s[h * kp + j0 + t]);
-            const E* vr = rp[t] + c0 * 16;
-            for (int c = 0; c < 4; ++c)
-              if (c < cn) acc[c] = _mm512_fmadd_ps(p, load16(vr + c * 16), acc[c]);
-          }
-          for (int c = 0; c < 4; ++c)
-            if (c < cn) _mm512_storeu_ps(oh + c * 16, acc[c]);
-        }
+      values_all_heads(s + j0, kp, G, rp, n, D, o);
     }
   }
   T* orow = out + (it.row_begin * H + it.kv_head * G) * D;

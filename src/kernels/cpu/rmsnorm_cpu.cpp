@@ -21,6 +21,24 @@ void rms_norm_forward_rows(const float* x, const float* w, float* y, float* rstd
 }
 
 LLMCTL_SIMD_CLONES
+void rms_norm_forward_rows(const c10::BFloat16* x, const c10::BFloat16* w, c10::BFloat16* y, std::int64_t rows,
+                           std::int64_t cols, float eps) {
+  std::vector<float> xf(static_cast<std::size_t>(cols));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const c10::BFloat16* xr = x + r * cols;
+    c10::BFloat16* yr = y + r * cols;
+    for (std::int64_t c = 0; c < cols; ++c) xf[c] = load(xr, c);
+    const double ss = dot_lanes(xf.data(), xf.data(), cols);
+    const float s = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(cols)) + eps);
+    for (std::int64_t c = 0; c < cols; ++c) {
+      c10::BFloat16 normed;
+      store(&normed, 0, xf[c] * s);
+      store(yr, c, load(w, c) * load(&normed, 0));
+    }
+  }
+}
+
+LLMCTL_SIMD_CLONES
 void rms_norm_backward_rows(const float* g, const float* x, const float* w, const float* rstd, float* dx,
                             float* dw_partial, std::int64_t rows, std::int64_t cols) {
   std::vector<float> gw(static_cast<std::size_t>(cols));

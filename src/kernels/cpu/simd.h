@@ -96,6 +96,19 @@ inline __attribute__((target("avx512f"), always_inline)) float reduce16(__m512 v
   r4 = kMax ? _mm_max_ss(r4, _mm_movehdup_ps(r4)) : _mm_add_ss(r4, _mm_movehdup_ps(r4));
   return _mm_cvtss_f32(r4);
 }
+// exp_approx on 16 lanes (the same clamp, reduction and polynomial).
+inline __attribute__((target("avx512f,fma"), always_inline)) __m512 exp16(__m512 x) {
+  x = _mm512_maskz_min_ps(0xFFFF, _mm512_maskz_max_ps(0xFFFF, x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 k = _mm512_maskz_roundscale_ps(0xFFFF, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, k), _mm512_set1_ps(0.6931471805599453f));
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  for (const float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f})
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  const __m512i bits = _mm512_maskz_slli_epi32(
+      0xFFFF, _mm512_add_epi32(_mm512_maskz_cvtps_epi32(0xFFFF, k), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
 inline __attribute__((target("avx512f"), always_inline)) float hsum16(__m512 v) { return reduce16<false>(v); }
 inline __attribute__((target("avx512f"), always_inline)) float hmax16(__m512 v) { return reduce16<true>(v); }
 #endif
