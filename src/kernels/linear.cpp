@@ -91,7 +91,12 @@ PackedLinear::PackedLinear(const AwqTensor& w, const torch::Tensor& b)
 }
 
 bool PackedLinear::uses_packed(std::int64_t rows) const {
-  return packed_.defined() && (!dense_.defined() || rows <= kPackedMaxRows);
+  return packed_.defined() && (!dense_.defined() || rows <= kPackedMaxRows || uses_bf16_dot(rows));
+}
+
+bool PackedLinear::uses_bf16_dot(std::int64_t rows) const {
+  return packed_.defined() && packed_.scalar_type() == torch::kBFloat16 && rows > kPackedMaxRows &&
+         rows <= kBf16DotMaxRows && cpu::gemm_bf16_dot_usable();
 }
 
 torch::Tensor PackedLinear::operator()(const torch::Tensor& x) const {
@@ -103,11 +108,19 @@ torch::Tensor PackedLinear::operator()(const torch::Tensor& x) const {
     auto b = bias_.defined() ? bias_.to(dense_.scalar_type()) : bias_;
     return b.defined() ? at::linear(x, dense_, b) : at::linear(x, dense_);
   }
-  auto xf = x.reshape({rows, k_}).to(torch::kFloat32).contiguous();
-  auto y = torch::empty({rows, n_}, xf.options());
-  const float* xp = xf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
   const auto panels = packed_.size(0);
+  auto y = torch::empty({rows, n_}, x.options().dtype(torch::kFloat32));
+  float* yp = y.data_ptr<float>();
+  if (uses_bf16_dot(rows)) {
+    auto xb = x.reshape({rows, k_}).to(torch::kBFloat16).contiguous();
+    const auto* xp = xb.data_ptr<c10::BFloat16>();
+    at::parallel_for(0, panels, 1, [&](std::int64_t p0, std::int64_t p1) {
+      cpu::gemm_packed_bf16_dot(xp, rows, k_, packed_.data_ptr<c10::BFloat16>(), n_, p0, p1, yp, n_);
+    });
+    return finish(x, y);
+  }
+  auto xf = x.reshape({rows, k_}).to(torch::kFloat32).contiguous();
+  const float* xp = xf.data_ptr<float>();
   // Threads split the panels (output columns): each weight is read by one thread only.
   at::parallel_for(0, panels, 1, [&](std::int64_t p0, std::int64_t p1) {
     if (packed_.scalar_type() == torch::kFloat32)
@@ -115,6 +128,11 @@ torch::Tensor PackedLinear::operator()(const torch::Tensor& x) const {
     else
       cpu::gemm_packed(xp, rows, k_, packed_.data_ptr<c10::BFloat16>(), n_, p0, p1, yp, n_);
   });
+  return finish(x, y);
+}
+
+// y fp32 [rows, N] -> + bias, in x's dtype and leading shape.
+torch::Tensor PackedLinear::finish(const torch::Tensor& x, torch::Tensor& y) const {
   if (bias_.defined()) y.add_(bias_);
   auto sizes = x.sizes().vec();
   sizes.back() = n_;

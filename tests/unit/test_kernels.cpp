@@ -250,7 +250,9 @@ TEST(RMSNormCuda, MatchesCpuPath) {
 TEST(PackedLinear, MatchesAtLinear) {
   torch::manual_seed(4);
   for (auto dt : {torch::kFloat32, torch::kBFloat16})
-    for (std::int64_t m : {1, 3, 8, 13, 70})   // micro-kernel row tails; 70: bf16 takes oneDNN
+    // micro-kernel row tails; bf16: 17 and 70 take the BF16 dot-product kernel where the CPU
+    // has one, 300 oneDNN
+    for (std::int64_t m : {1, 3, 8, 13, 17, 70, 300})
       for (std::int64_t n : {1, 7, 32, 45, 130})  // panel tails (32 columns per panel)
         for (std::int64_t k : {5, 16, 100}) {
           auto x = torch::randn({m, k}).to(dt), w = torch::randn({n, k}).to(dt), b = torch::randn({n}).to(dt);
@@ -275,6 +277,36 @@ TEST(PackedLinear, RowsDoNotDependOnTheirBatch) {
   auto all = lin(x);
   for (std::int64_t start : {0, 1, 5, 20, 28}) EXPECT_TRUE(torch::equal(lin(x.narrow(0, start, 29 - start)), all.narrow(0, start, 29 - start)));
   EXPECT_TRUE(torch::equal(lin(x.narrow(0, 7, 1)), all.narrow(0, 7, 1)));
+}
+
+// Timing, not a check: bf16 PackedLinear (the BF16 dot-product kernel between
+// kPackedMaxRows and kBf16DotMaxRows rows) against oneDNN's at::linear, minimind2-small's
+// gate|up projection (2816 x 512). LLMCTL_BENCH_GEMM=1.
+TEST(PackedLinear, Bf16Benchmark) {
+  const char* env = std::getenv("LLMCTL_BENCH_GEMM");
+  if (!env || std::string(env) != "1") GTEST_SKIP() << "set LLMCTL_BENCH_GEMM=1 to time";
+  torch::NoGradGuard no_grad;
+  const std::int64_t N = 2816, K = 512;
+  auto w = torch::randn({N, K}).to(torch::kBFloat16);
+  kernels::PackedLinear lin(w, {});
+  for (std::int64_t m : {17, 32, 64, 128, 256, 512}) {
+    auto x = torch::randn({m, K}).to(torch::kBFloat16);
+    auto best_ms = [](auto&& fn) {
+      fn();
+      double best = 1e30;
+      for (int i = 0; i < 20; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fn();
+        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return best;
+    };
+    const double ours = best_ms([&] { lin(x); }), onednn = best_ms([&] { at::linear(x, w); });
+    const double gflop = 2.0 * m * N * K / 1e9;
+    std::printf("[bench] bf16 linear %ldx%ldx%ld: PackedLinear %.3f ms (%.0f GFLOP/s), at::linear %.3f ms (%.0f GFLOP/s)\n",
+                static_cast<long>(m), static_cast<long>(N), static_cast<long>(K), ours, gflop / ours * 1e3, onednn,
+                gflop / onednn * 1e3);
+  }
 }
 
 // Timing, not a check: the fused attention against LibTorch's SDPA at the training shape

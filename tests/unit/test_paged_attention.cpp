@@ -377,17 +377,25 @@ TEST(PagedAttention, DecodeStepBenchmark) {
     for (std::int64_t j = 0; j < used; ++j) tables[s][j] = static_cast<std::int32_t>(j * kSeqs + s);
   const auto starts = torch::arange(kSeqs + 1, torch::kInt32);
   const auto lens = torch::full({kSeqs}, kCtx, torch::kInt32);
-  for (auto dt : kDtypes) {
+  for (const auto& [dt, bits] : std::vector<std::pair<torch::ScalarType, int>>{
+           {torch::kFloat32, 0}, {torch::kBFloat16, 0}, {torch::kBFloat16, 8}, {torch::kBFloat16, 4}}) {
     std::vector<kernels::KvCache> k, v;
     for (std::int64_t l = 0; l < kLayers; ++l) {
       for (auto* c : {&k, &v}) {
-        c->push_back(kernels::empty_kv_cache(kBlocks, sh.kv_heads, sh.block_size, sh.head_dim, dt, 0, torch::kCPU));
-        c->back().data.normal_();
+        c->push_back(kernels::empty_kv_cache(kBlocks, sh.kv_heads, sh.block_size, sh.head_dim, dt, bits, torch::kCPU));
+        if (bits == 0) {
+          c->back().data.normal_();
+        } else {
+          c->back().data.random_(0, 256);
+          c->back().params.select(-1, 0).uniform_(0.01, 0.02);
+          c->back().params.select(-1, 1).uniform_(-1, 0);
+        }
       }
     }
     const auto q = torch::randn({kSeqs, sh.heads, sh.head_dim}).to(dt);
     const double scale = 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
-    const double bytes = 2.0 * kLayers * kSeqs * kCtx * sh.kv_heads * sh.head_dim * c10::elementSize(dt);
+    const double bytes = 2.0 * kLayers * kSeqs * kCtx * sh.kv_heads *
+                         kernels::kv_cache_block_bytes(1, 1, sh.head_dim, dt, bits);
     for (bool in_cache : {false, true}) {
       std::vector<double> ms;
       for (int rep = 0; rep < 21; ++rep) {
@@ -400,9 +408,10 @@ TEST(PagedAttention, DecodeStepBenchmark) {
       }
       std::sort(ms.begin(), ms.end());
       const double med = ms[ms.size() / 2];
-      std::printf("[bench] decode step, %s, %d thread(s), 8 layers x 64 sequences x context 160, %s: %.2f ms"
+      std::printf("[bench] decode step, %s, KV %s, %d thread(s), 8 layers x 64 sequences x context 160, %s: %.2f ms"
                   " median (%.2f min), K/V %.1f MB at %.1f GB/s\n",
-                  c10::toString(dt), at::get_num_threads(), in_cache ? "in cache" : "from DRAM", med, ms[0],
+                  c10::toString(dt), bits ? (bits == 8 ? "int8" : "int4") : "unquantised", at::get_num_threads(),
+                  in_cache ? "in cache" : "from DRAM", med, ms[0],
                   bytes / 1e6, bytes / (med * 1e6));
     }
   }

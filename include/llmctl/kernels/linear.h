@@ -5,8 +5,11 @@
 //    row and repacks the whole matrix on every call), and a row's result never depends on
 //    the rows batched with it, so prefix-cache hits and decode steps reproduce a cold
 //    prefill bit for bit;
-//  - bf16 on the CPU: the packed GEMM up to kPackedMaxRows rows (decode batches), oneDNN's
-//    bf16 GEMM above (prefill, where it is faster); the unpacked weight is kept for that;
+//  - bf16 on the CPU: the packed GEMM up to kPackedMaxRows rows (a decode step of a few
+//    sequences: memory-bound, one fp32 FMA chain per output); above, up to kBf16DotMaxRows
+//    rows, the same panels with AVX-512 BF16 dot products where the CPU has them (twice the
+//    FMA rate, without oneDNN's per-call overhead); else oneDNN's bf16 GEMM (long prefills),
+//    for which the unpacked weight is kept;
 //  - AWQ int4 weights (quant/awq.h): on the CPU the int4 GEMM (kernels/cpu/int4_gemm_cpu.h:
 //    weights repacked once, activations quantized to int8 per group on the fly), on CUDA the
 //    w4a16 kernels (a dequantize-in-register GEMV for up to kAwqCudaGemvMaxRows rows,
@@ -19,6 +22,7 @@
 namespace llmctl::kernels {
 
 inline constexpr std::int64_t kPackedMaxRows = 16;
+inline constexpr std::int64_t kBf16DotMaxRows = 256;
 inline constexpr std::int64_t kAwqCudaGemvMaxRows = 8;
 
 // An uninitialised CPU tensor whose memory the kernel is asked to back with 2 MiB pages
@@ -51,6 +55,8 @@ class PackedLinear {
 
  private:
   bool uses_packed(std::int64_t rows) const;
+  bool uses_bf16_dot(std::int64_t rows) const;
+  torch::Tensor finish(const torch::Tensor& x, torch::Tensor& y) const;
   torch::Tensor int4_cpu(const torch::Tensor& x) const;
   torch::Tensor awq_cuda(const torch::Tensor& x) const;
   torch::Tensor packed_, dense_, bias_;

@@ -9,10 +9,6 @@
 
 #include "simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
-
 namespace llmctl::kernels::cpu {
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -214,25 +210,13 @@ void check_shape(const AttentionShape& s) {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
-namespace {
-
-// AMX-BF16: CPUID leaf 7, sub-leaf 0, EDX bit 22.
-bool has_amx_bf16() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1u);
-}
-
-}  // namespace
-
 bool flash_attention_bf16_usable(std::int64_t head_dim, std::int64_t time) {
   // With AMX, LibTorch's own flash kernel runs on AMX tiles (oneDNN brgemm) and its forward
   // is 2.5x this one (measured on a Xeon next to the lent H200: 2.3 vs 5.7 ms at the
   // training shape, backward 14.2 vs 11.6 ms), so this kernel is for AVX-512 BF16 CPUs
   // without it (AMD Zen 4/5, Intel Cooper Lake).
-  static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16") &&
-                          !has_amx_bf16();
-  return cpu && head_dim >= 16 && head_dim <= kMaxHeadDim && head_dim % 16 == 0 && time >= 1 && time <= kMaxTime;
+  return avx512_bf16_without_amx() && head_dim >= 16 && head_dim <= kMaxHeadDim && head_dim % 16 == 0 && time >= 1 &&
+         time <= kMaxTime;
 }
 
 void flash_attention_bf16_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, bf16* out,

@@ -3,6 +3,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
+#include <stdexcept>
 #include <utility>
 
 #include "simd.h"
@@ -105,6 +107,55 @@ LLMCTL_AVX512 void gemm_avx512(const float* x, std::int64_t m, std::int64_t k, c
                   cols, first);
   }
 }
+
+// bf16 x bf16 -> fp32 by vdpbf16ps: each instruction adds x[k] w[k][c] + x[k+1] w[k+1][c]
+// to 16 columns, twice the multiply-adds of an fp32 FMA. Panel rows k and k+1 are
+// interleaved in registers (unpacklo / unpackhi of 16-bit elements, per 128-bit lane), so
+// acc[r][0] holds columns 8j+0..3 and acc[r][1] columns 8j+4..7 (j = 0..3), put back in
+// order when stored. An odd k pairs the last row with zeros.
+#define LLMCTL_BF16DP __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
+// acc[r] += the products of panel rows r0 (k = kk) and r1 (k = kk + 1, or zeros when
+// !pair) with row r of x.
+template <int ROWS>
+LLMCTL_BF16DP inline __attribute__((always_inline)) void bf16dp_step(__m512 (&acc)[ROWS][2], __m512i r0, __m512i r1,
+                                                                    const c10::BFloat16* x, std::int64_t k,
+                                                                    std::int64_t kk, bool pair) {
+  const __m512bh w0 = (__m512bh)_mm512_unpacklo_epi16(r0, r1), w1 = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+  for (int r = 0; r < ROWS; ++r) {
+    std::uint32_t xp = 0;
+    std::memcpy(&xp, x + r * k + kk, pair ? 4 : 2);
+    const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp));
+    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
+    acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
+  }
+}
+
+template <int ROWS>
+LLMCTL_BF16DP void micro_bf16dp(const c10::BFloat16* x, std::int64_t k, const c10::BFloat16* panel, float* y,
+                                std::int64_t ldy, std::int64_t cols) {
+  __m512 acc[ROWS][2];
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  std::int64_t kk = 0;
+  for (; kk + 2 <= k; kk += 2)
+    bf16dp_step<ROWS>(acc, _mm512_loadu_si512(panel + kk * kPanel), _mm512_loadu_si512(panel + (kk + 1) * kPanel), x,
+                      k, kk, true);
+  if (kk < k) bf16dp_step<ROWS>(acc, _mm512_loadu_si512(panel + kk * kPanel), _mm512_setzero_si512(), x, k, kk, false);
+  const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+  for (int r = 0; r < ROWS; ++r) {
+    _mm512_mask_storeu_ps(y + r * ldy, m0, _mm512_permutex2var_ps(acc[r][0], lo, acc[r][1]));
+    _mm512_mask_storeu_ps(y + r * ldy + 16, m1, _mm512_permutex2var_ps(acc[r][0], hi, acc[r][1]));
+  }
+}
+
+template <int... R>
+LLMCTL_BF16DP void bf16dp_tail(std::integer_sequence<int, R...>, std::int64_t rows, const c10::BFloat16* x,
+                               std::int64_t k, const c10::BFloat16* panel, float* y, std::int64_t ldy,
+                               std::int64_t cols) {
+  ((rows == R && R > 0 ? (micro_bf16dp<(R > 0 ? R : 1)>(x, k, panel, y, ldy, cols), 0) : 0), ...);
+}
 #endif
 
 template <typename W>
@@ -131,6 +182,25 @@ void gemm_packed(const float* x, std::int64_t m, std::int64_t k, const float* pa
 void gemm_packed(const float* x, std::int64_t m, std::int64_t k, const c10::BFloat16* packed, std::int64_t n,
                  std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
   gemm_dispatch(x, m, k, packed, n, p_begin, p_end, y, ldy);
+}
+
+bool gemm_bf16_dot_usable() { return avx512_bf16_without_amx(); }
+
+void gemm_packed_bf16_dot(const c10::BFloat16* x, std::int64_t m, std::int64_t k, const c10::BFloat16* packed,
+                          std::int64_t n, std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!gemm_bf16_dot_usable()) throw std::logic_error("gemm_packed_bf16_dot: this CPU has no AVX-512 BF16");
+  for (std::int64_t p = p_begin; p < p_end; ++p) {
+    const c10::BFloat16* panel = packed + p * k * kPanel;
+    const std::int64_t cols = std::min(kPanel, n - p * kPanel);
+    float* yp = y + p * kPanel;
+    std::int64_t r0 = 0;
+    for (; r0 + kMaxRows <= m; r0 += kMaxRows) micro_bf16dp<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols);
+    bf16dp_tail(std::make_integer_sequence<int, kMaxRows>{}, m - r0, x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols);
+  }
+#else
+  throw std::logic_error("gemm_packed_bf16_dot: not an x86-64 build");
+#endif
 }
 
 }  // namespace llmctl::kernels::cpu

@@ -29,4 +29,12 @@ void gemm_packed(const float* x, std::int64_t m, std::int64_t k, const float* pa
 void gemm_packed(const float* x, std::int64_t m, std::int64_t k, const c10::BFloat16* packed, std::int64_t n,
                  std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy);
 
+// bf16 activations on bf16 panels with AVX-512 BF16 dot products (vdpbf16ps: pairs of k
+// multiplied in fp32 and added, so sums differ from gemm_packed's chain by rounding). For
+// batches (twice the fp32 FMA rate); only where gemm_bf16_dot_usable() (AVX-512 BF16, no
+// AMX), else it throws std::logic_error. x: bf16 [m, k].
+bool gemm_bf16_dot_usable();
+void gemm_packed_bf16_dot(const c10::BFloat16* x, std::int64_t m, std::int64_t k, const c10::BFloat16* packed,
+                          std::int64_t n, std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy);
+
 }  // namespace llmctl::kernels::cpu

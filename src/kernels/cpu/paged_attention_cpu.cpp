@@ -331,37 +331,83 @@ LLMCTL_AVX512 inline __m512 sum_lanes_16(const __m512* a) {
 }
 
 // The 16 rows of a decode chunk (cache rows r0 .. r0 + n; the spare slots repeat row r0,
-// whose scores land in lanes that are never read): pointers straight into an unquantised
-// cache, or into `buf` after dequantising.
+// whose scores land in lanes that are never read), as pointers straight into the cache:
+// values (fp32 / bf16), or codes (Code8 / Code4 rows, one byte per element or per two) whose
+// per-row (scale, zero) go to `aff`. A quantised row x = code * scale + zero enters the dot
+// products as codes, and the affine map is applied to their results:
+//   q.k = scale (q.codes) + zero sum(q);   sum_t p_t v_t = sum_t (p_t scale_t) codes_t + sum_t p_t zero_t.
+struct Code8 {
+  std::uint8_t byte;
+};
+struct Code4 {
+  std::uint8_t byte;
+};
+struct ChunkAffine {
+  alignas(64) float scale[16];
+  alignas(64) float zero[16];
+};
 template <typename Rows>
 struct RowElem;
 template <typename T>
 struct RowElem<DenseRows<T>> {
   using type = T;
+  static constexpr bool quantized = false;
 };
-template <int Bits>
-struct RowElem<QuantRows<Bits>> {
-  using type = float;
+template <>
+struct RowElem<QuantRows<8>> {
+  using type = Code8;
+  static constexpr bool quantized = true;
+};
+template <>
+struct RowElem<QuantRows<4>> {
+  using type = Code4;
+  static constexpr bool quantized = true;
 };
 template <typename T>
-inline void chunk_rows(const DenseRows<T>& c, std::int64_t r0, std::int64_t n, std::int64_t D, float*,
+inline void chunk_rows(const DenseRows<T>& c, std::int64_t r0, std::int64_t n, std::int64_t D, ChunkAffine*,
                        const T* (&p)[16]) {
   for (std::int64_t t = 0; t < 16; ++t) p[t] = c.data + (r0 + (t < n ? t : 0)) * D;
 }
-template <int Bits>
-inline void chunk_rows(const QuantRows<Bits>& c, std::int64_t r0, std::int64_t n, std::int64_t D, float* buf,
-                       const float* (&p)[16]) {
-  for (std::int64_t t = 0; t < n; ++t) row_to_fp32(c, r0 + t, D, buf + t * D);
-  for (std::int64_t t = 0; t < 16; ++t) p[t] = buf + (t < n ? t : 0) * D;
+template <int Bits, typename C>
+inline void chunk_rows(const QuantRows<Bits>& c, std::int64_t r0, std::int64_t n, std::int64_t D, ChunkAffine* aff,
+                       const C* (&p)[16]) {
+  for (std::int64_t t = 0; t < 16; ++t) {
+    const std::int64_t r = r0 + (t < n ? t : 0);
+    p[t] = reinterpret_cast<const C*>(c.codes + r * D * Bits / 8);
+    aff->scale[t] = t < n ? c.params[2 * r] : 0.0f;
+    aff->zero[t] = t < n ? c.params[2 * r + 1] : 0.0f;
+  }
+}
+
+// Elements c*16 .. c*16+15 of a row as one fp32 vector (codes as their integer values).
+LLMCTL_AVX512 inline __attribute__((always_inline)) __m512 vec16(const float* row, std::int64_t c) {
+  return load16(row + c * 16);
+}
+LLMCTL_AVX512 inline __attribute__((always_inline)) __m512 vec16(const c10::BFloat16* row, std::int64_t c) {
+  return load16(row + c * 16);
+}
+LLMCTL_AVX512 inline __attribute__((always_inline)) __m512 vec16(const Code8* row, std::int64_t c) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c * 16));
+  return _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepu8_epi32(0xFFFF, b));
+}
+LLMCTL_AVX512 inline __attribute__((always_inline)) __m512 vec16(const Code4* row, std::int64_t c) {
+  // 8 bytes, element 2i in the low nibble of byte i: split the nibbles, interleave them back
+  // into element order, widen.
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c * 8));
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+  return _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_unpacklo_epi8(lo, hi)));
 }
 
 // Scores of HG heads (queries q + h * D, pre-scaled) against the 16 rows of a chunk, into
 // s[h * kp + 0 .. 15]. Each pass takes 16 / HG keys for all HG heads: every K vector is
-// loaded (and widened, for bf16) once for the whole head group, and the pass's 16
-// accumulators (head-major) are reduced together by sum_lanes_16.
+// loaded (and widened) once for the whole head group, and the pass's 16 accumulators
+// (head-major) are reduced together by sum_lanes_16. Quantised rows (aff non-null): the dot
+// products with the codes become scale * dot + zero * qsum[h].
 template <int HG, typename E>
-LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_scores(const float* q, std::int64_t D,
-                                                                     const E* const* rp, float* s,
+LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_scores(const float* q, const float* qsum,
+                                                                     std::int64_t D, const E* const* rp,
+                                                                     const ChunkAffine* aff, float* s,
                                                                      std::int64_t kp) {
   constexpr int KT = 16 / HG;
   const std::int64_t nv = D / 16;
@@ -371,10 +417,10 @@ LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_scores(const floa
     for (std::int64_t c = 0; c < nv; ++c) {
       if constexpr (HG == 1) {  // 16 keys of one head: no K vector is reused, load as used
         const __m512 qv = _mm512_loadu_ps(q + c * 16);
-        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(qv, load16(rp[t] + c * 16), acc[t]);
+        for (int t = 0; t < 16; ++t) acc[t] = _mm512_fmadd_ps(qv, vec16(rp[t], c), acc[t]);
       } else {
         __m512 kv[KT];
-        for (int t = 0; t < KT; ++t) kv[t] = load16(rp[g * KT + t] + c * 16);
+        for (int t = 0; t < KT; ++t) kv[t] = vec16(rp[g * KT + t], c);
         for (int h = 0; h < HG; ++h) {
           const __m512 qv = _mm512_loadu_ps(q + h * D + c * 16);
           for (int t = 0; t < KT; ++t) acc[h * KT + t] = _mm512_fmadd_ps(qv, kv[t], acc[h * KT + t]);
@@ -383,23 +429,36 @@ LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_scores(const floa
     }
     const __m512 r = sum_lanes_16(acc);  // lane h * KT + t: head h, key g * KT + t
     if constexpr (HG == 1) {
-      _mm512_storeu_ps(s, r);
+      if (aff)
+        _mm512_storeu_ps(s, _mm512_fmadd_ps(r, _mm512_load_ps(aff->scale),
+                                            _mm512_mul_ps(_mm512_load_ps(aff->zero), _mm512_set1_ps(qsum[0]))));
+      else
+        _mm512_storeu_ps(s, r);
     } else {
       alignas(64) float lanes[16];
       _mm512_store_ps(lanes, r);
       for (int h = 0; h < HG; ++h)
-        for (int t = 0; t < KT; ++t) s[h * kp + g * KT + t] = lanes[h * KT + t];
+        for (int t = 0; t < KT; ++t) {
+          const int key = g * KT + t;
+          s[h * kp + key] = aff ? lanes[h * KT + t] * aff->scale[key] + aff->zero[key] * qsum[h] : lanes[h * KT + t];
+        }
     }
   }
 }
 
 // o[h] += sum_{t < n} p[h * kp + t] * v[t] for HG heads: each V vector is loaded once for
 // the group, and the outputs of a 4-vector head_dim slice stay in registers over the rows.
+// Quantised rows: the codes are weighted by p * scale, and zsum[h] gathers sum p * zero (to
+// add to every element of o[h] at the end).
 template <int HG, typename E>
 LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_values(const float* p, std::int64_t kp,
-                                                                     const E* const* rp, std::int64_t n,
-                                                                     std::int64_t D, float* o) {
+                                                                     const E* const* rp, const ChunkAffine* aff,
+                                                                     std::int64_t n, std::int64_t D, float* o,
+                                                                     float* zsum) {
   const std::int64_t nv = D / 16;
+  if (aff)
+    for (int h = 0; h < HG; ++h)
+      for (std::int64_t t = 0; t < n; ++t) zsum[h] += p[h * kp + t] * aff->zero[t];
   for (std::int64_t c0 = 0; c0 < nv; c0 += 4) {
     const std::int64_t cn = std::min<std::int64_t>(4, nv - c0);
     __m512 acc[HG][4];
@@ -408,9 +467,9 @@ LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_values(const floa
         acc[h][c] = c < cn ? _mm512_loadu_ps(o + h * D + (c0 + c) * 16) : _mm512_setzero_ps();
     for (std::int64_t t = 0; t < n; ++t) {
       __m512 v[4];
-      for (int c = 0; c < 4; ++c) v[c] = c < cn ? load16(rp[t] + (c0 + c) * 16) : _mm512_setzero_ps();
+      for (int c = 0; c < 4; ++c) v[c] = c < cn ? vec16(rp[t], c0 + c) : _mm512_setzero_ps();
       for (int h = 0; h < HG; ++h) {
-        const __m512 pv = _mm512_set1_ps(p[h * kp + t]);
+        const __m512 pv = _mm512_set1_ps(aff ? p[h * kp + t] * aff->scale[t] : p[h * kp + t]);
         for (int c = 0; c < 4; ++c)
           if (c < cn) acc[h][c] = _mm512_fmadd_ps(pv, v[c], acc[h][c]);
       }
@@ -424,22 +483,24 @@ LLMCTL_AVX512 inline __attribute__((always_inline)) void chunk_values(const floa
 // Both over heads [0, G) in groups of 4, then 2, then 1 (s: the chunk's column of the
 // [G][kp] scores; o: [G][D]).
 template <typename E>
-LLMCTL_AVX512 inline __attribute__((always_inline)) void scores_all_heads(const float* q, std::int64_t G,
-                                                                         std::int64_t D, const E* const* rp,
+LLMCTL_AVX512 inline __attribute__((always_inline)) void scores_all_heads(const float* q, const float* qsum,
+                                                                         std::int64_t G, std::int64_t D,
+                                                                         const E* const* rp, const ChunkAffine* aff,
                                                                          float* s, std::int64_t kp) {
   std::int64_t h0 = 0;
-  for (; h0 + 4 <= G; h0 += 4) chunk_scores<4>(q + h0 * D, D, rp, s + h0 * kp, kp);
-  if (h0 + 2 <= G) chunk_scores<2>(q + h0 * D, D, rp, s + h0 * kp, kp), h0 += 2;
-  if (h0 < G) chunk_scores<1>(q + h0 * D, D, rp, s + h0 * kp, kp);
+  for (; h0 + 4 <= G; h0 += 4) chunk_scores<4>(q + h0 * D, qsum + h0, D, rp, aff, s + h0 * kp, kp);
+  if (h0 + 2 <= G) chunk_scores<2>(q + h0 * D, qsum + h0, D, rp, aff, s + h0 * kp, kp), h0 += 2;
+  if (h0 < G) chunk_scores<1>(q + h0 * D, qsum + h0, D, rp, aff, s + h0 * kp, kp);
 }
 template <typename E>
 LLMCTL_AVX512 inline __attribute__((always_inline)) void values_all_heads(const float* p, std::int64_t kp,
                                                                          std::int64_t G, const E* const* rp,
-                                                                         std::int64_t n, std::int64_t D, float* o) {
+                                                                         const ChunkAffine* aff, std::int64_t n,
+                                                                         std::int64_t D, float* o, float* zsum) {
   std::int64_t h0 = 0;
-  for (; h0 + 4 <= G; h0 += 4) chunk_values<4>(p + h0 * kp, kp, rp, n, D, o + h0 * D);
-  if (h0 + 2 <= G) chunk_values<2>(p + h0 * kp, kp, rp, n, D, o + h0 * D), h0 += 2;
-  if (h0 < G) chunk_values<1>(p + h0 * kp, kp, rp, n, D, o + h0 * D);
+  for (; h0 + 4 <= G; h0 += 4) chunk_values<4>(p + h0 * kp, kp, rp, aff, n, D, o + h0 * D, zsum + h0);
+  if (h0 + 2 <= G) chunk_values<2>(p + h0 * kp, kp, rp, aff, n, D, o + h0 * D, zsum + h0), h0 += 2;
+  if (h0 < G) chunk_values<1>(p + h0 * kp, kp, rp, aff, n, D, o + h0 * D, zsum + h0);
 }
 
 // In place over a row of scores (read up to the next multiple of 16): p = exp(s - max) for
@@ -479,14 +540,21 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
   // Score rows are padded by a whole chunk: a chunk stores 16 lanes even when it holds fewer
   // keys (blocks smaller than 16), and the next chunk overwrites the spare lanes.
   const std::int64_t keys = it.first_pos + 1, kp = (keys + kRows - 1) / kRows * kRows + kRows;
-  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * kp + kRows * D);
+  const std::size_t need = static_cast<std::size_t>(2 * G * D + G * kp);
   if (scratch.size() < need) scratch.resize(need);
   float* qf = scratch.data();  // [G][D], pre-scaled
   float* o = qf + G * D;       // [G][D]
   float* s = o + G * D;        // [G][kp]: scores, then probabilities
-  float* rows = s + G * kp;    // [kRows][D]: up to 16 dequantised cache rows
   const T* qrow = q + (it.row_begin * H + it.kv_head * G) * D;
   for (std::int64_t i = 0; i < G * D; ++i) qf[i] = load(qrow, i) * sh.scale;
+  using E = typename RowElem<Rows>::type;
+  constexpr bool quantized = RowElem<Rows>::quantized;
+  float qsum[256] = {}, zsum[256] = {};  // per head: sum(q), sum_t p_t zero_t (quantised rows)
+  if constexpr (quantized)
+    for (std::int64_t h = 0; h < G; ++h)
+      for (std::int64_t d = 0; d < D; ++d) qsum[h] += qf[h * D + d];
+  ChunkAffine affine;
+  ChunkAffine* aff = quantized ? &affine : nullptr;
 
   const std::int64_t blocks = (keys + bs - 1) / bs;
   auto block_row = [&](std::int64_t b) { return row_index(sh, it, b * bs); };
@@ -504,7 +572,6 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
     }
   };
   for (std::int64_t i = 0; i < kAhead; ++i) prefetch_stream(i);
-  using E = typename RowElem<Rows>::type;
   const E* rp[kRows];
   // Key chunks of 16 that never cross a block (block sizes are multiples of 16 or below it).
   const std::int64_t chunk = std::min<std::int64_t>(kRows, bs);
@@ -512,8 +579,8 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
   for (std::int64_t b = 0; b < blocks; ++b) {
     prefetch_stream(b + kAhead);
     for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
-      chunk_rows(k_cache, row_index(sh, it, j0), std::min(chunk, keys - j0), D, rows, rp);
-      scores_all_heads(qf, G, D, rp, s + j0, kp);  // lanes past `keys` are never read
+      chunk_rows(k_cache, row_index(sh, it, j0), std::min(chunk, keys - j0), D, aff, rp);
+      scores_all_heads(qf, qsum, G, D, rp, aff, s + j0, kp);  // lanes past `keys` are never read
     }
   }
   float inv[256];
@@ -523,13 +590,13 @@ LLMCTL_AVX512 void decode_avx512(const T* q, const Rows& k_cache, const Rows& v_
     prefetch_stream(blocks + b + kAhead);
     for (std::int64_t j0 = b * bs; j0 < b * bs + block_len(b); j0 += chunk) {
       const std::int64_t n = std::min(chunk, keys - j0);
-      chunk_rows(v_cache, row_index(sh, it, j0), n, D, rows, rp);
-      values_all_heads(s + j0, kp, G, rp, n, D, o);
+      chunk_rows(v_cache, row_index(sh, it, j0), n, D, aff, rp);
+      values_all_heads(s + j0, kp, G, rp, aff, n, D, o, zsum);
     }
   }
   T* orow = out + (it.row_begin * H + it.kv_head * G) * D;
   for (std::int64_t h = 0; h < G; ++h)
-    for (std::int64_t d = 0; d < D; ++d) store(orow, h * D + d, o[h * D + d] * inv[h]);
+    for (std::int64_t d = 0; d < D; ++d) store(orow, h * D + d, (o[h * D + d] + zsum[h]) * inv[h]);
 }
 #undef LLMCTL_AVX512
 #endif

@@ -11,6 +11,7 @@
 #include <c10/util/BFloat16.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -18,6 +19,23 @@
 #include <cstring>
 
 namespace llmctl::kernels::cpu {
+
+// AVX-512 BF16 dot products (vdpbf16ps) and no AMX: the kernels built on vdpbf16ps are for
+// such CPUs (AMD Zen 4/5, Intel Cooper Lake); with AMX (CPUID 7.0 EDX bit 22) oneDNN's
+// AMX-tile kernels are faster.
+inline bool avx512_bf16_without_amx() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool amx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1u);
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16") && !amx;
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
 
 // bf16 <-> fp32 on the raw bits (round to nearest even), so the loops vectorise; c10's
 // conversions go through calls the vectoriser does not see through. NaN is not produced
