@@ -51,6 +51,14 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
     if (seq->num_prompt_tokens == static_cast<int>(seq->tokens.size()))
       seq->num_cached_prompt_tokens = seq->num_computed_tokens;
     const int n = std::min(seq->num_uncomputed(), budget);
+    // Admitted only if the running sequences keep one free block each to grow into after it:
+    // a sequence admitted into the last free blocks is preempted (its prefill wasted) as
+    // soon as the others cross a block boundary.
+    const int reserve = static_cast<int>(running_.size());
+    if (!running_.empty() && blocks_.num_free_blocks() < blocks_.blocks_for(n) + reserve) {
+      blocks_.release(*seq);
+      break;
+    }
     if (!blocks_.allocate_slots(*seq, n)) {
       blocks_.release(*seq);  // give back the prefix blocks until it can run
       break;
