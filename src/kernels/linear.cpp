@@ -95,7 +95,7 @@ bool PackedLinear::uses_packed(std::int64_t rows) const {
 }
 
 bool PackedLinear::uses_bf16_dot(std::int64_t rows) const {
-  return packed_.defined() && packed_.scalar_type() == torch::kBFloat16 && rows > kPackedMaxRows &&
+  return packed_.defined() && packed_.scalar_type() == torch::kBFloat16 && rows >= 2 &&
          rows <= kBf16DotMaxRows && cpu::gemm_bf16_dot_usable();
 }
 

@@ -289,7 +289,7 @@ TEST(PackedLinear, Bf16Benchmark) {
   const std::int64_t N = 2816, K = 512;
   auto w = torch::randn({N, K}).to(torch::kBFloat16);
   kernels::PackedLinear lin(w, {});
-  for (std::int64_t m : {17, 32, 64, 128, 256, 512}) {
+  for (std::int64_t m : {1, 4, 6, 8, 12, 16, 17, 32, 64, 128, 256, 512}) {
     auto x = torch::randn({m, K}).to(torch::kBFloat16);
     auto best_ms = [](auto&& fn) {
       fn();

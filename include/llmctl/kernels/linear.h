@@ -5,11 +5,11 @@
 //    row and repacks the whole matrix on every call), and a row's result never depends on
 //    the rows batched with it, so prefix-cache hits and decode steps reproduce a cold
 //    prefill bit for bit;
-//  - bf16 on the CPU: the packed GEMM up to kPackedMaxRows rows (a decode step of a few
-//    sequences: memory-bound, one fp32 FMA chain per output); above, up to kBf16DotMaxRows
-//    rows, the same panels with AVX-512 BF16 dot products where the CPU has them (twice the
-//    FMA rate, without oneDNN's per-call overhead); else oneDNN's bf16 GEMM (long prefills),
-//    for which the unpacked weight is kept;
+//  - bf16 on the CPU, where it has AVX-512 BF16 (and no AMX): one row (batch-1 decode, a
+//    memory-bound GEMV) on the packed GEMM, 2 to kBf16DotMaxRows rows on the same panels
+//    with BF16 dot products (twice the FMA rate, none of oneDNN's per-call overhead), more
+//    (long prefills) on oneDNN's bf16 GEMM, for which the unpacked weight is kept. Without
+//    AVX-512 BF16: the packed GEMM up to kPackedMaxRows rows, oneDNN above;
 //  - AWQ int4 weights (quant/awq.h): on the CPU the int4 GEMM (kernels/cpu/int4_gemm_cpu.h:
 //    weights repacked once, activations quantized to int8 per group on the fly), on CUDA the
 //    w4a16 kernels (a dequantize-in-register GEMV for up to kAwqCudaGemvMaxRows rows,

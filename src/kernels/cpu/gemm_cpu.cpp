@@ -132,13 +132,18 @@ LLMCTL_BF16DP inline __attribute__((always_inline)) void bf16dp_step(__m512 (&ac
 
 template <int ROWS>
 LLMCTL_BF16DP void micro_bf16dp(const c10::BFloat16* x, std::int64_t k, const c10::BFloat16* panel, float* y,
-                                std::int64_t ldy, std::int64_t cols) {
+                                std::int64_t ldy, std::int64_t cols, bool prefetch) {
   __m512 acc[ROWS][2];
   for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   std::int64_t kk = 0;
-  for (; kk + 2 <= k; kk += 2)
-    bf16dp_step<ROWS>(acc, _mm512_loadu_si512(panel + kk * kPanel), _mm512_loadu_si512(panel + (kk + 1) * kPanel), x,
-                      k, kk, true);
+  for (; kk + 2 <= k; kk += 2) {
+    const c10::BFloat16* wp = panel + kk * kPanel;
+    if (prefetch) {  // the panel's first pass streams it from memory: its two lines, 4 KiB ahead
+      _mm_prefetch(reinterpret_cast<const char*>(wp + 2048), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wp + 2048 + kPanel), _MM_HINT_T0);
+    }
+    bf16dp_step<ROWS>(acc, _mm512_loadu_si512(wp), _mm512_loadu_si512(wp + kPanel), x, k, kk, true);
+  }
   if (kk < k) bf16dp_step<ROWS>(acc, _mm512_loadu_si512(panel + kk * kPanel), _mm512_setzero_si512(), x, k, kk, false);
   const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
@@ -153,8 +158,8 @@ LLMCTL_BF16DP void micro_bf16dp(const c10::BFloat16* x, std::int64_t k, const c1
 template <int... R>
 LLMCTL_BF16DP void bf16dp_tail(std::integer_sequence<int, R...>, std::int64_t rows, const c10::BFloat16* x,
                                std::int64_t k, const c10::BFloat16* panel, float* y, std::int64_t ldy,
-                               std::int64_t cols) {
-  ((rows == R && R > 0 ? (micro_bf16dp<(R > 0 ? R : 1)>(x, k, panel, y, ldy, cols), 0) : 0), ...);
+                               std::int64_t cols, bool prefetch) {
+  ((rows == R && R > 0 ? (micro_bf16dp<(R > 0 ? R : 1)>(x, k, panel, y, ldy, cols, prefetch), 0) : 0), ...);
 }
 #endif
 
@@ -195,8 +200,10 @@ void gemm_packed_bf16_dot(const c10::BFloat16* x, std::int64_t m, std::int64_t k
     const std::int64_t cols = std::min(kPanel, n - p * kPanel);
     float* yp = y + p * kPanel;
     std::int64_t r0 = 0;
-    for (; r0 + kMaxRows <= m; r0 += kMaxRows) micro_bf16dp<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols);
-    bf16dp_tail(std::make_integer_sequence<int, kMaxRows>{}, m - r0, x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols);
+    for (; r0 + kMaxRows <= m; r0 += kMaxRows)
+      micro_bf16dp<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, r0 == 0);
+    bf16dp_tail(std::make_integer_sequence<int, kMaxRows>{}, m - r0, x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols,
+                r0 == 0);
   }
 #else
   throw std::logic_error("gemm_packed_bf16_dot: not an x86-64 build");
