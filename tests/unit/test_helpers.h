@@ -1,5 +1,7 @@
 #pragma once
 // Small helpers shared by the unit tests.
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -20,6 +22,19 @@ struct TempDir {
     std::filesystem::remove_all(path, ec);
   }
 };
+
+// For the env-gated timing tests: the best of 20 timed runs of fn() after one warm-up, in ms.
+template <typename Fn>
+double best_ms(Fn&& fn) {
+  fn();
+  double best = 1e30;
+  for (int i = 0; i < 20; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
 
 inline std::string source_dir() {
   const char* s = std::getenv("LLMCTL_SOURCE_DIR");

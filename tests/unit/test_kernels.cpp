@@ -14,6 +14,7 @@
 #include "llmctl/kernels/rope.h"
 #include "llmctl/kernels/swiglu.h"
 #include "llmctl/model/transformer.h"
+#include "test_helpers.h"
 
 using namespace llmctl;
 
@@ -291,16 +292,6 @@ TEST(PackedLinear, Bf16Benchmark) {
   kernels::PackedLinear lin(w, {});
   for (std::int64_t m : {1, 4, 6, 8, 12, 16, 17, 32, 64, 128, 256, 512}) {
     auto x = torch::randn({m, K}).to(torch::kBFloat16);
-    auto best_ms = [](auto&& fn) {
-      fn();
-      double best = 1e30;
-      for (int i = 0; i < 20; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        fn();
-        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      return best;
-    };
     const double ours = best_ms([&] { lin(x); }), onednn = best_ms([&] { at::linear(x, w); });
     const double gflop = 2.0 * m * N * K / 1e9;
     std::printf("[bench] bf16 linear %ldx%ldx%ld: PackedLinear %.3f ms (%.0f GFLOP/s), at::linear %.3f ms (%.0f GFLOP/s)\n",

@@ -325,16 +325,6 @@ TEST(PagedAttention, RejectsBadInput) {
 TEST(PagedAttention, Benchmark) {
   const char* env = std::getenv("LLMCTL_BENCH_ATTENTION");
   if (!env || std::string(env) != "1") GTEST_SKIP() << "set LLMCTL_BENCH_ATTENTION=1 to time";
-  auto best_ms = [](auto&& fn) {
-    fn();
-    double best = 1e30;
-    for (int i = 0; i < 20; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      fn();
-      best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return best;
-  };
   const auto threads = at::get_num_threads();
   for (auto dt : kDtypes)
     for (int nt : {threads, 1}) {
