@@ -61,22 +61,24 @@ torch::Tensor rms_norm_cuda(const torch::Tensor& x, const torch::Tensor& weight,
 
 namespace {
 
+// CPU rows of `dtype` (x and w alike) that the row kernels take.
+bool cpu_rows_apply(const torch::Tensor& x, const torch::Tensor& w, torch::ScalarType dtype) {
+  return x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == dtype && w.scalar_type() == dtype &&
+         w.dim() == 1 && x.dim() >= 1 && x.size(-1) == w.size(0) && x.numel() > 0;
+}
+
 // fp32 on the CPU (the residual stream in training, bf16 autocast included, and f32
 // inference): one pass for the statistics and one for the output, and a backward of two
 // passes, where the torch-ops path runs about ten elementwise kernels each way.
 bool fused_cpu_applies(const torch::Tensor& x, const torch::Tensor& w) {
-  return x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == torch::kFloat32 &&
-         w.scalar_type() == torch::kFloat32 && w.dim() == 1 && x.dim() >= 1 && x.size(-1) == w.size(0) &&
-         x.numel() > 0;
+  return cpu_rows_apply(x, w, torch::kFloat32);
 }
 
 // bf16 inference (no gradient wanted): the engine's bf16 path, where the torch-ops
 // reference runs ~10 elementwise kernels with conversions.
 bool fused_cpu_bf16_applies(const torch::Tensor& x, const torch::Tensor& w) {
   if (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return false;
-  return x.device().is_cpu() && w.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
-         w.scalar_type() == torch::kBFloat16 && w.dim() == 1 && x.dim() >= 1 && x.size(-1) == w.size(0) &&
-         x.numel() > 0;
+  return cpu_rows_apply(x, w, torch::kBFloat16);
 }
 
 constexpr std::int64_t kRowsPerTask = 16;
