@@ -165,6 +165,39 @@ TEST(Scheduler, ChunksPrefillUnderTheBudgetAndPreemptsTheNewest) {
   EXPECT_EQ(bm.num_free_blocks(), 6);
 }
 
+// A waiting request is admitted only while every running sequence keeps a free block to
+// grow into: otherwise it would take the last blocks and be preempted at the next
+// block boundary, its prefill wasted.
+TEST(Scheduler, AdmissionLeavesEachRunningSequenceABlockToGrowInto) {
+  BlockManager bm(4, 4, false);
+  Scheduler sched({8, 64}, bm);
+  auto a = make_seq(1, iota_tokens(8));  // 2 blocks of 4
+  auto b = make_seq(2, iota_tokens(8));  // 2 more would leave a no block to grow into
+  sched.add(&a);
+  sched.add(&b);
+  auto batch = sched.schedule();
+  ASSERT_EQ(batch.size(), 1u);
+  EXPECT_EQ(batch[0].seq, &a);
+  EXPECT_EQ(b.status, SeqStatus::Waiting);
+  a.num_computed_tokens += 8;
+  sched.remove(&a);  // a finishes: b runs with the whole pool
+  batch = sched.schedule();
+  ASSERT_EQ(batch.size(), 1u);
+  EXPECT_EQ(batch[0].seq, &b);
+  // One block more: a keeps one after b's admission, so both start together.
+  BlockManager bm2(5, 4, false);
+  Scheduler sched2({8, 64}, bm2);
+  auto c = make_seq(3, iota_tokens(8)), d = make_seq(4, iota_tokens(8));
+  sched2.add(&c);
+  sched2.add(&d);
+  EXPECT_EQ(sched2.schedule().size(), 2u);
+  sched.remove(&b);
+  sched2.remove(&c);
+  sched2.remove(&d);
+  EXPECT_EQ(bm.num_free_blocks(), 4);
+  EXPECT_EQ(bm2.num_free_blocks(), 5);
+}
+
 TEST(Engine, GreedyBatchEqualsModelArgmaxAndEachPromptAlone) {
   TinyModel tm;
   EngineConfig ec;
