@@ -168,6 +168,8 @@ TEST(PagedAttention, GroupSizes) {
     check(mixed, {4, 4, 64, 16}, dt);   // MHA, group 1
     check(mixed, {8, 1, 64, 16}, dt);   // MQA, group 8
     check(mixed, {6, 2, 64, 16}, dt);   // group 3: tiles of 16 rows cut through groups
+    check(mixed, {14, 2, 64, 16}, dt);  // group 7: decode takes heads 4 + 2 + 1
+    check(mixed, {12, 2, 32, 16}, dt);  // group 6: 4 + 2, two head_dim vectors
   }
 }
 
