@@ -300,6 +300,20 @@ TEST(PackedLinear, Bf16Benchmark) {
   }
 }
 
+// Timing, not a check: one-row PackedLinear (a decode step's GEMV) over 105 MB of fp32
+// weights, more than any cache holds, as a memory-bandwidth figure. LLMCTL_BENCH_GEMM=1.
+TEST(PackedLinear, DecodeBandwidthBenchmark) {
+  const char* env = std::getenv("LLMCTL_BENCH_GEMM");
+  if (!env || std::string(env) != "1") GTEST_SKIP() << "set LLMCTL_BENCH_GEMM=1 to time";
+  torch::NoGradGuard no_grad;
+  const std::int64_t N = 25600, K = 1024;
+  kernels::PackedLinear lin(torch::randn({N, K}), {});
+  auto x = torch::randn({1, K});
+  const double ms = best_ms([&] { lin(x); });
+  std::printf("[bench] fp32 linear 1x%ldx%ld (%.0f MB): %.2f ms, %.1f GB/s\n", static_cast<long>(N),
+              static_cast<long>(K), N * K * 4 / 1e6, ms, N * K * 4 / (ms * 1e6));
+}
+
 // Timing, not a check: the fused attention against LibTorch's SDPA at the training shape
 // (minimind2-small, batch 8 x 512, bf16). LLMCTL_BENCH_ATTENTION=1 build/tests/llmctl_tests
 // --gtest_filter=CausalAttentionCpu.Benchmark
