@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "llmctl/kernels/rmsnorm.h"
 #include "llmctl/kernels/attention.h"
+#include "llmctl/kernels/rmsnorm.h"
 #include "llmctl/kernels/rope.h"
 #include "llmctl/kernels/swiglu.h"
 

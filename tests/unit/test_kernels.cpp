@@ -294,7 +294,8 @@ TEST(PackedLinear, Bf16Benchmark) {
     auto x = torch::randn({m, K}).to(torch::kBFloat16);
     const double ours = best_ms([&] { lin(x); }), onednn = best_ms([&] { at::linear(x, w); });
     const double gflop = 2.0 * m * N * K / 1e9;
-    std::printf("[bench] bf16 linear %ldx%ldx%ld: PackedLinear %.3f ms (%.0f GFLOP/s), at::linear %.3f ms (%.0f GFLOP/s)\n",
+    std::printf("[bench] bf16 linear %ldx%ldx%ld: PackedLinear %.3f ms (%.0f GFLOP/s), "
+                "at::linear %.3f ms (%.0f GFLOP/s)\n",
                 static_cast<long>(m), static_cast<long>(N), static_cast<long>(K), ours, gflop / ours * 1e3, onednn,
                 gflop / onednn * 1e3);
   }

@@ -1,9 +1,9 @@
 #pragma once
 // Causal self-attention on the projections' layout: q [B, T, H, D], k and v [B, T, KV, D]
 // (H a multiple of KV: GQA maps query head h to kv head h / (H / KV)) -> [B, T, H, D],
-// scaled by 1/sqrt(D). bf16 CPU tensors on a CPU with AVX-512 BF16 (and no AMX) take a fused kernel with
-// its own backward (src/kernels/cpu/flash_attention_cpu.h); everything else takes
-// LibTorch's scaled_dot_product_attention.
+// scaled by 1/sqrt(D). bf16 CPU tensors on a CPU with AVX-512 BF16 (and no AMX) take a
+// fused kernel with its own backward (src/kernels/cpu/flash_attention_cpu.h); everything
+// else takes LibTorch's scaled_dot_product_attention.
 #include <torch/torch.h>
 
 namespace llmctl::kernels {

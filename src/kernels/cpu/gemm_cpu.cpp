@@ -55,6 +55,43 @@ LLMCTL_SIMD_CLONES void gemm_portable(const float* x, std::int64_t m, std::int64
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LLMCTL_AVX512 __attribute__((target("avx512f,fma")))
 
+// fn(std::integral_constant<int, rows>) for a rows in R... (a runtime count onto the
+// micro-kernels' compile-time ones).
+template <int... R, typename Fn>
+void with_rows(std::integer_sequence<int, R...>, std::int64_t rows, Fn&& fn) {
+  ((rows == R && R > 0 ? (fn(std::integral_constant<int, (R > 0 ? R : 1)>{}), 0) : 0), ...);
+}
+
+// Runs a micro-kernel family over panels [p_begin, p_end): rows in blocks of kMaxRows, then
+// the last m % kMaxRows rows by the instantiation for that count.
+// micro(std::integral_constant<int, ROWS>, x rows, panel, y rows, cols, prefetch); only a
+// panel's first row block prefetches: it streams the panel from memory, the later ones
+// find it in cache.
+template <typename X, typename W, typename Micro>
+void for_each_panel(const X* x, std::int64_t m, std::int64_t k, const W* packed, std::int64_t n,
+                    std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy, Micro&& micro) {
+  for (std::int64_t p = p_begin; p < p_end; ++p) {
+    const W* panel = packed + p * k * kPanel;
+    const std::int64_t cols = std::min(kPanel, n - p * kPanel);
+    float* yp = y + p * kPanel;
+    std::int64_t r0 = 0;
+    for (; r0 + kMaxRows <= m; r0 += kMaxRows)
+      micro(std::integral_constant<int, kMaxRows>{}, x + r0 * k, panel, yp + r0 * ldy, cols, r0 == 0);
+    with_rows(std::make_integer_sequence<int, kMaxRows>{}, m - r0,
+              [&](auto rows) { micro(rows, x + r0 * k, panel, yp + r0 * ldy, cols, r0 == 0); });
+  }
+}
+
+// How far ahead a streaming pass requests its panel's cache lines.
+constexpr std::int64_t kPrefetchBytes = 4096;
+
+// Store masks of a panel's two 16-column halves when it has `cols` valid columns.
+inline __mmask16 low_half_mask(std::int64_t cols) {
+  return cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
+}
+inline __mmask16 high_half_mask(std::int64_t cols) {
+  return cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+}
 
 // ROWS x 32 outputs in 2 * ROWS zmm accumulators.
 template <int ROWS, typename W>
@@ -64,7 +101,7 @@ LLMCTL_AVX512 void micro_avx512(const float* x, std::int64_t k, const W* panel, 
   for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   // Streaming decode: every cache line of the panel is requested 4 KiB ahead (a panel row is
   // kPanel weights: two lines in fp32, one in bf16).
-  constexpr std::int64_t kAhead = 4096 / sizeof(W), kLineElems = 64 / sizeof(W);
+  constexpr std::int64_t kAhead = kPrefetchBytes / sizeof(W), kLineElems = 64 / sizeof(W);
   for (std::int64_t kk = 0; kk < k; ++kk) {
     const W* wp = panel + kk * kPanel;
     if (prefetch)
@@ -77,35 +114,20 @@ LLMCTL_AVX512 void micro_avx512(const float* x, std::int64_t k, const W* panel, 
       acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
     }
   }
-  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+  const __mmask16 m0 = low_half_mask(cols), m1 = high_half_mask(cols);
   for (int r = 0; r < ROWS; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
     _mm512_mask_storeu_ps(y + r * ldy + 16, m1, acc[r][1]);
   }
 }
 
-// The last m % kMaxRows rows: micro_avx512<rows> picked from a compile-time list.
-template <typename W, int... R>
-LLMCTL_AVX512 void dispatch_tail(std::integer_sequence<int, R...>, std::int64_t rows, const float* x, std::int64_t k,
-                                 const W* panel, float* y, std::int64_t ldy, std::int64_t cols, bool prefetch) {
-  ((rows == R && R > 0 ? (micro_avx512<(R > 0 ? R : 1)>(x, k, panel, y, ldy, cols, prefetch), 0) : 0), ...);
-}
-
 template <typename W>
-LLMCTL_AVX512 void gemm_avx512(const float* x, std::int64_t m, std::int64_t k, const W* packed, std::int64_t n,
-                               std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
-  for (std::int64_t p = p_begin; p < p_end; ++p) {
-    const W* panel = packed + p * k * kPanel;
-    const std::int64_t cols = std::min(kPanel, n - p * kPanel);
-    float* yp = y + p * kPanel;
-    std::int64_t r0 = 0;
-    for (; r0 + kMaxRows <= m; r0 += kMaxRows)
-      micro_avx512<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, r0 == 0);
-    const bool first = r0 == 0;  // the panel's first pass streams it from memory
-    dispatch_tail(std::make_integer_sequence<int, kMaxRows>{}, m - r0, x + r0 * k, k, panel, yp + r0 * ldy, ldy,
-                  cols, first);
-  }
+void gemm_avx512(const float* x, std::int64_t m, std::int64_t k, const W* packed, std::int64_t n,
+                 std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
+  for_each_panel(x, m, k, packed, n, p_begin, p_end, y, ldy,
+                 [&](auto rows, const float* xr, const W* panel, float* yr, std::int64_t cols, bool prefetch) {
+                   micro_avx512<decltype(rows)::value>(xr, k, panel, yr, ldy, cols, prefetch);
+                 });
 }
 
 // bf16 x bf16 -> fp32 by vdpbf16ps: each instruction adds x[k] w[k][c] + x[k+1] w[k+1][c]
@@ -138,29 +160,23 @@ LLMCTL_BF16DP void micro_bf16dp(const c10::BFloat16* x, std::int64_t k, const c1
   std::int64_t kk = 0;
   for (; kk + 2 <= k; kk += 2) {
     const c10::BFloat16* wp = panel + kk * kPanel;
-    if (prefetch) {  // the panel's first pass streams it from memory: its two lines, 4 KiB ahead
-      _mm_prefetch(reinterpret_cast<const char*>(wp + 2048), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(wp + 2048 + kPanel), _MM_HINT_T0);
+    if (prefetch) {  // as micro_avx512: the two panel rows' lines (one each in bf16)
+      const char* ahead = reinterpret_cast<const char*>(wp) + kPrefetchBytes;
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      _mm_prefetch(ahead + kPanel * sizeof(c10::BFloat16), _MM_HINT_T0);
     }
     bf16dp_step<ROWS>(acc, _mm512_loadu_si512(wp), _mm512_loadu_si512(wp + kPanel), x, k, kk, true);
   }
   if (kk < k) bf16dp_step<ROWS>(acc, _mm512_loadu_si512(panel + kk * kPanel), _mm512_setzero_si512(), x, k, kk, false);
   const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+  const __mmask16 m0 = low_half_mask(cols), m1 = high_half_mask(cols);
   for (int r = 0; r < ROWS; ++r) {
     _mm512_mask_storeu_ps(y + r * ldy, m0, _mm512_permutex2var_ps(acc[r][0], lo, acc[r][1]));
     _mm512_mask_storeu_ps(y + r * ldy + 16, m1, _mm512_permutex2var_ps(acc[r][0], hi, acc[r][1]));
   }
 }
 
-template <int... R>
-LLMCTL_BF16DP void bf16dp_tail(std::integer_sequence<int, R...>, std::int64_t rows, const c10::BFloat16* x,
-                               std::int64_t k, const c10::BFloat16* panel, float* y, std::int64_t ldy,
-                               std::int64_t cols, bool prefetch) {
-  ((rows == R && R > 0 ? (micro_bf16dp<(R > 0 ? R : 1)>(x, k, panel, y, ldy, cols, prefetch), 0) : 0), ...);
-}
 #endif
 
 template <typename W>
@@ -195,16 +211,9 @@ void gemm_packed_bf16_dot(const c10::BFloat16* x, std::int64_t m, std::int64_t k
                           std::int64_t n, std::int64_t p_begin, std::int64_t p_end, float* y, std::int64_t ldy) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (!gemm_bf16_dot_usable()) throw std::logic_error("gemm_packed_bf16_dot: this CPU has no AVX-512 BF16");
-  for (std::int64_t p = p_begin; p < p_end; ++p) {
-    const c10::BFloat16* panel = packed + p * k * kPanel;
-    const std::int64_t cols = std::min(kPanel, n - p * kPanel);
-    float* yp = y + p * kPanel;
-    std::int64_t r0 = 0;
-    for (; r0 + kMaxRows <= m; r0 += kMaxRows)
-      micro_bf16dp<kMaxRows>(x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols, r0 == 0);
-    bf16dp_tail(std::make_integer_sequence<int, kMaxRows>{}, m - r0, x + r0 * k, k, panel, yp + r0 * ldy, ldy, cols,
-                r0 == 0);
-  }
+  for_each_panel(x, m, k, packed, n, p_begin, p_end, y, ldy,
+                 [&](auto rows, const c10::BFloat16* xr, const c10::BFloat16* panel, float* yr, std::int64_t cols,
+                     bool prefetch) { micro_bf16dp<decltype(rows)::value>(xr, k, panel, yr, ldy, cols, prefetch); });
 #else
   throw std::logic_error("gemm_packed_bf16_dot: not an x86-64 build");
 #endif

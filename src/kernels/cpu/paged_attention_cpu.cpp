@@ -1,4 +1,3 @@
-
 #include "paged_attention_cpu.h"
 
 #include <immintrin.h>
@@ -36,11 +35,13 @@ inline __attribute__((always_inline)) void prefetch_bytes(const void* p, std::in
 }
 // Rows r .. r+n-1 (one block's, so contiguous).
 template <typename T>
-inline __attribute__((always_inline)) void prefetch_rows(const DenseRows<T>& c, std::int64_t r, std::int64_t n, std::int64_t D) {
+inline __attribute__((always_inline)) void prefetch_rows(const DenseRows<T>& c, std::int64_t r, std::int64_t n,
+                                                         std::int64_t D) {
   prefetch_bytes(c.data + r * D, n * D * static_cast<std::int64_t>(sizeof(T)));
 }
 template <int Bits>
-inline __attribute__((always_inline)) void prefetch_rows(const QuantRows<Bits>& c, std::int64_t r, std::int64_t n, std::int64_t D) {
+inline __attribute__((always_inline)) void prefetch_rows(const QuantRows<Bits>& c, std::int64_t r, std::int64_t n,
+                                                         std::int64_t D) {
   prefetch_bytes(c.codes + r * D * Bits / 8, n * D * Bits / 8);
   prefetch_bytes(c.params + 2 * r, n * 2 * static_cast<std::int64_t>(sizeof(float)));
 }
@@ -63,19 +64,6 @@ inline __attribute__((always_inline)) void row_to_fp32(const QuantRows<Bits>& c,
     }
   }
 }
-// Row r for the AVX-512 loads (load16): in place when unquantised, else dequantised into tmp.
-template <typename T>
-inline __attribute__((always_inline)) const T* simd_row(const DenseRows<T>& c, std::int64_t r, std::int64_t D,
-                                                        float*) {
-  return c.data + r * D;
-}
-template <int Bits>
-inline __attribute__((always_inline)) const float* simd_row(const QuantRows<Bits>& c, std::int64_t r,
-                                                            std::int64_t D, float* tmp) {
-  row_to_fp32(c, r, D, tmp);
-  return tmp;
-}
-
 constexpr int kKeys = 16;  // keys per tile
 constexpr int kPad = 16;   // head_dim is padded with zeros to a multiple of this (any W divides it)
 
@@ -523,7 +511,7 @@ LLMCTL_AVX512 inline float softmax_numerators(float* row, std::int64_t keys) {
 }
 
 // A decode step (one query token against its whole cache), block by block of the cache:
-// 16 rows at a time (read in place, or dequantised into a small buffer), then
+// 16 rows at a time (read in place: values, or codes with their scale and zero), then
 //  - scores: chunk_scores per group of up to 4 heads (each K row loaded once per group);
 //  - softmax over each head's whole row of scores;
 //  - output: chunk_values per group (each V row loaded once per group).

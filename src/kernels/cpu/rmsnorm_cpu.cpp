@@ -31,9 +31,8 @@ void rms_norm_forward_rows(const c10::BFloat16* x, const c10::BFloat16* w, c10::
     const double ss = dot_lanes(xf.data(), xf.data(), cols);
     const float s = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(cols)) + eps);
     for (std::int64_t c = 0; c < cols; ++c) {
-      c10::BFloat16 normed;
-      store(&normed, 0, xf[c] * s);
-      store(yr, c, load(w, c) * load(&normed, 0));
+      store(yr, c, xf[c] * s);                 // the normalised value, rounded to bf16
+      store(yr, c, load(w, c) * load(yr, c));  // times the weight, rounded again
     }
   }
 }
