@@ -119,10 +119,9 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     qs[S] = static_cast<std::int32_t>(row);
   }
   const auto dev = embed_.device();
-  if (!dev.is_cpu()) {
-    ids = ids.to(dev), pos = pos.to(dev), slots = slots.to(dev);
-    query_start = query_start.to(dev), context_lens = context_lens.to(dev), block_tables = block_tables.to(dev);
-  }
+  // The cache metadata stays on the host: the attention and cache-write checks read it there
+  // and the CUDA kernels copy it over once per call, without a device sync.
+  if (!dev.is_cpu()) ids = ids.to(dev), pos = pos.to(dev);
 
   last_prepare_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepare).count();
 

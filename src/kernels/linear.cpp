@@ -12,9 +12,9 @@
 
 #if LLMCTL_HAVE_CUDA
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/awq_gemm.cuh"
+#include "cuda/torch_side.h"
 #endif
 
 namespace llmctl::kernels {
@@ -193,10 +193,8 @@ torch::Tensor PackedLinear::awq_cuda(const torch::Tensor& x) const {
   const auto t = xc.scalar_type();
   if (t != torch::kFloat32 && t != torch::kFloat16 && t != torch::kBFloat16) xc = xc.to(torch::kFloat32);
   xc = xc.contiguous();
-  const auto dt = xc.scalar_type() == torch::kFloat32   ? cuda::DType::F32
-                  : xc.scalar_type() == torch::kFloat16 ? cuda::DType::F16
-                                                        : cuda::DType::BF16;
-  const auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  const auto dt = cuda::dtype_of(xc);
+  const auto stream = cuda::current_stream();
   torch::Tensor y;
   if (rows <= kAwqCudaGemvMaxRows) {
     y = torch::empty({rows, n_}, xc.options());
@@ -204,12 +202,12 @@ torch::Tensor PackedLinear::awq_cuda(const torch::Tensor& x) const {
                                     awq_.qzeros.data_ptr<std::int32_t>(), awq_.scales.data_ptr(),
                                     bias_.defined() ? bias_.data_ptr<float>() : nullptr, y.data_ptr(), rows, n_, k_,
                                     awq_.group_size, dt, stream);
-    TORCH_CHECK(err == cudaSuccess, "AWQ GEMV CUDA kernel failed: ", cudaGetErrorString(err));
+    cuda::check_launch(err, "AWQ GEMV");
   } else {
     auto wt = torch::empty({k_, n_}, xc.options());  // W^T, dequantized
     const auto err = cuda::awq_dequantize(awq_.qweight.data_ptr<std::int32_t>(), awq_.qzeros.data_ptr<std::int32_t>(),
                                           awq_.scales.data_ptr(), n_, k_, awq_.group_size, wt.data_ptr(), dt, stream);
-    TORCH_CHECK(err == cudaSuccess, "AWQ dequantize CUDA kernel failed: ", cudaGetErrorString(err));
+    cuda::check_launch(err, "AWQ dequantize");
     y = bias_.defined() ? at::addmm(bias_.to(xc.scalar_type()), xc, wt) : at::mm(xc, wt);
   }
   auto sizes = x.sizes().vec();

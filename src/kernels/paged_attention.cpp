@@ -11,8 +11,16 @@
 #include <vector>
 
 #include "cpu/paged_attention_cpu.h"
+#include "llmctl/build_config.h"
 #include "llmctl/kernels/linear.h"
 #include "llmctl/util/error.h"
+
+#if LLMCTL_HAVE_CUDA
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/paged_attention.cuh"
+#include "cuda/torch_side.h"
+#endif
 
 namespace llmctl::kernels {
 namespace {
@@ -222,6 +230,49 @@ void run_cpu_cache(const torch::Tensor& q, const KvCache& k, const KvCache& v, c
   }
 }
 
+#if LLMCTL_HAVE_CUDA
+// CUDA q (fp32 / fp16 / bf16) on checked arguments: the metadata goes to the device (the
+// engine keeps it on the host, where the checks read it without a device sync).
+torch::Tensor run_cuda(const torch::Tensor& q, const KvCache& k, const KvCache& v, const torch::Tensor& query_start,
+                       const torch::Tensor& context_lens, const torch::Tensor& block_tables, double scale) {
+  c10::cuda::CUDAGuard guard(q.device());
+  const auto qc = q.contiguous();
+  auto out = torch::empty_like(qc);
+  if (qc.numel() == 0) return out;
+  // One copy for the three arrays: [query_start | context_lens | block_tables].
+  const auto meta = torch::cat({query_start.to(torch::kCPU).flatten(), context_lens.to(torch::kCPU).flatten(),
+                                block_tables.to(torch::kCPU).flatten()})
+                        .to(q.device());
+  const auto S = context_lens.size(0);
+  const auto* qs = meta.data_ptr<std::int32_t>();
+  const auto* cl = qs + S + 1;
+  const auto* bt = cl + S;
+  const auto cache = [](const KvCache& c) {
+    return cuda::PagedKv{c.data.data_ptr(), c.quantized() ? c.params.data_ptr<float>() : nullptr, c.bits};
+  };
+  const auto& kd = k.data;
+  const cuda::PagedShape shape{static_cast<int>(q.size(1)),       static_cast<int>(kd.size(1)),
+                               static_cast<int>(q.size(2)),       static_cast<int>(kd.size(2)),
+                               static_cast<int>(S),               static_cast<int>(block_tables.size(1)),
+                               static_cast<float>(scale)};
+  cuda::check_launch(cuda::paged_attention(qc.data_ptr(), out.data_ptr(), qc.size(0), cache(k), cache(v),
+                                           qs, cl, bt, shape, cuda::dtype_of(qc),
+                                           cuda::current_stream()),
+                     "paged_attention");
+  return out;
+}
+#endif
+
+// Which kernel runs q: 'c' the CPU kernel, 'g' the CUDA kernel, 'r' the torch-ops reference.
+char kernel_for(const torch::Tensor& q) {
+  const auto dt = q.scalar_type();
+  if (q.device().is_cpu()) return dt == torch::kFloat32 || dt == torch::kBFloat16 ? 'c' : 'r';
+#if LLMCTL_HAVE_CUDA
+  if (q.is_cuda() && (dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16)) return 'g';
+#endif
+  return 'r';
+}
+
 }  // namespace
 
 int kv_cache_bits(const std::string& kv_dtype) {
@@ -292,9 +343,14 @@ torch::Tensor paged_attention(const torch::Tensor& q, const KvCache& k_cache, co
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale) {
   check_attention_args(q, k_cache, v_cache, query_start, context_lens, block_tables);
+  switch (kernel_for(q)) {
+#if LLMCTL_HAVE_CUDA
+    case 'g': return run_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
+#endif
+    case 'r': return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
+    default: break;
+  }
   const auto dt = q.scalar_type();
-  if (!q.device().is_cpu() || (dt != torch::kFloat32 && dt != torch::kBFloat16))
-    return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
   auto qc = q.contiguous();
   auto out = torch::empty_like(qc);
   if (qc.numel() == 0) return out;

@@ -7,9 +7,9 @@
 
 #if LLMCTL_HAVE_CUDA
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/rmsnorm.cuh"
+#include "cuda/torch_side.h"
 #endif
 
 namespace llmctl::kernels {
@@ -46,13 +46,9 @@ torch::Tensor rms_norm_cuda(const torch::Tensor& x, const torch::Tensor& weight,
   auto y = torch::empty_like(xc);
   const auto cols = xc.size(-1);
   const auto rows = cols == 0 ? 0 : xc.numel() / cols;
-  cuda::DType dt = x.scalar_type() == torch::kFloat32   ? cuda::DType::F32
-                   : x.scalar_type() == torch::kFloat16 ? cuda::DType::F16
-                                                        : cuda::DType::BF16;
-  auto err = cuda::rms_norm_forward(xc.data_ptr(), wc.data_ptr(), y.data_ptr(), rows, cols,
-                                    static_cast<float>(eps), dt,
-                                    c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, "rms_norm CUDA kernel failed: ", cudaGetErrorString(err));
+  cuda::check_launch(cuda::rms_norm_forward(xc.data_ptr(), wc.data_ptr(), y.data_ptr(), rows, cols,
+                                            static_cast<float>(eps), cuda::dtype_of(xc), cuda::current_stream()),
+                     "rms_norm");
   return y;
 }
 

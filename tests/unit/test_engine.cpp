@@ -218,6 +218,25 @@ TEST(Engine, GreedyBatchEqualsModelArgmaxAndEachPromptAlone) {
   EXPECT_EQ(batched.num_free_blocks(), batched.num_blocks());
 }
 
+// The same batch on a GPU (CUDA paged attention, chunked prefill mixed with decodes): the
+// tokens of the plain model's argmax on the CPU.
+TEST(EngineCuda, GreedyBatchEqualsModelArgmax) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  TinyModel tm;
+  EngineConfig ec;
+  ec.device = "cuda";
+  ec.block_size = 4;
+  ec.num_blocks = 64;
+  ec.max_num_batched_tokens = 16;
+  std::vector<std::vector<int>> prompts = {{5, 6, 7}, iota_tokens(21, 10), {42}, iota_tokens(9, 60)};
+  const int n_new = 12;
+  Engine engine(tm.dir.path, ec);
+  const auto outs = engine.generate(prompts, greedy_params(n_new));
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    EXPECT_EQ(outs[i].output_token_ids, tm.greedy(prompts[i], n_new)) << "prompt " << i;
+  EXPECT_EQ(engine.num_free_blocks(), engine.num_blocks());
+}
+
 TEST(Engine, QwenFamiliesMatchTheirPlainForward) {
   for (const std::string type : {"qwen2", "qwen3"}) {
     TinyModel tm(type, 5);

@@ -105,9 +105,11 @@ struct Seq {
 // Paged attention over a quantised cache (blocks in shuffled order, unused rows holding
 // garbage codes and NaN params) == attention over the same cache dequantised to fp32, both
 // through the fp kernel and the torch reference; the reference on the quantised cache too.
+// On a CUDA `device` the kernel runs on copies of q and the caches there (the references
+// stay on the CPU).
 void check_quantized_attention(const std::vector<Seq>& seqs, std::int64_t heads, std::int64_t kv_heads,
                                std::int64_t D, std::int64_t bs, int bits, torch::ScalarType dt,
-                               std::uint64_t seed = 1) {
+                               std::uint64_t seed = 1, const torch::Device& device = torch::kCPU) {
   torch::manual_seed(seed);
   std::mt19937_64 rng(seed);
   const auto S = static_cast<std::int64_t>(seqs.size());
@@ -149,7 +151,9 @@ void check_quantized_attention(const std::vector<Seq>& seqs, std::int64_t heads,
 
   // The dequantised cache; rows never written are NaN there too.
   const auto kd = kernels::kv_cache_values(kc), vd = kernels::kv_cache_values(vc);
-  const auto out = kernels::paged_attention(q, kc, vc, query_start, context_lens, block_tables, scale);
+  const auto to = [&](const KvCache& c) { return KvCache{c.data.to(device), c.params.to(device), c.bits}; };
+  const auto out =
+      kernels::paged_attention(q.to(device), to(kc), to(vc), query_start, context_lens, block_tables, scale).cpu();
   const auto ref_q = kernels::paged_attention_reference(q, kc, vc, query_start, context_lens, block_tables, scale);
   const auto qf = q.to(torch::kFloat32);
   const auto dense = kernels::paged_attention_reference(qf, kd, vd, query_start, context_lens, block_tables, scale);
@@ -179,6 +183,19 @@ TEST(KvQuant, PagedAttentionEqualsAttentionOverTheDequantizedCache) {
       check_quantized_attention(mixed, 6, 1, 48, 7, bits, dt, 3);    // MQA, head_dim not /16
       check_quantized_attention({{300, 1}, {300, 1}}, 14, 2, 64, 16, bits, dt, 4);  // long decodes
       check_quantized_attention({{90, 90}}, 4, 2, 16, 8, bits, dt, 5);              // prefill
+    }
+}
+
+TEST(KvQuantCuda, PagedAttentionEqualsAttentionOverTheDequantizedCache) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  const std::vector<Seq> mixed{{37, 37}, {20, 1}, {1, 1}, {50, 7}, {16, 1}, {33, 1}};
+  for (int bits : {8, 4})
+    for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      check_quantized_attention(mixed, 8, 2, 64, 16, bits, dt, 1, torch::kCUDA);
+      check_quantized_attention(mixed, 3, 3, 32, 5, bits, dt, 2, torch::kCUDA);
+      check_quantized_attention(mixed, 6, 1, 48, 7, bits, dt, 3, torch::kCUDA);
+      check_quantized_attention({{300, 1}, {300, 1}}, 14, 2, 64, 16, bits, dt, 4, torch::kCUDA);
+      check_quantized_attention({{90, 90}}, 4, 2, 16, 8, bits, dt, 5, torch::kCUDA);
     }
 }
 

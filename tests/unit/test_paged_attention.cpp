@@ -266,6 +266,53 @@ TEST(PagedAttention, Fp16FallsBackToReference) {
   EXPECT_LE(max_diff(out, run_dense(b, {{33, 33}, {50, 1}})), 1e-2);
 }
 
+namespace {
+
+// The CUDA kernel on a batch built on the CPU (poisoned rows and table entries included):
+// q and the caches copied to the GPU, the metadata left on the host as the engine keeps it
+// (or also copied), the result against dense SDPA on the CPU.
+void check_cuda(const std::vector<Seq>& seqs, const Shape& sh, torch::ScalarType dt, std::uint64_t seed = 1,
+                bool metadata_on_gpu = false) {
+  const auto b = make_batch(seqs, sh, dt, seed);
+  auto meta = [&](const torch::Tensor& t) { return metadata_on_gpu ? t.cuda() : t; };
+  const auto out = kernels::paged_attention(b.q.cuda(), b.k_cache.cuda(), b.v_cache.cuda(), meta(b.query_start),
+                                            meta(b.context_lens), meta(b.block_tables), b.scale);
+  const std::string what = "heads " + std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " head_dim " +
+                           std::to_string(sh.head_dim) + " block " + std::to_string(sh.block_size) + " " +
+                           c10::toString(dt);
+  ASSERT_TRUE(out.is_cuda()) << what;
+  ASSERT_EQ(out.scalar_type(), dt) << what;
+  const auto got = out.cpu();
+  EXPECT_TRUE(torch::isfinite(got).all().item<bool>()) << what;
+  EXPECT_LE(max_diff(got, run_dense(b, seqs)), dt == torch::kFloat32 ? 2e-5 : 2e-2) << what;
+}
+
+}  // namespace
+
+TEST(PagedAttentionCuda, MatchesDenseAttention) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  const std::vector<Seq> mixed{{50, 50}, {33, 1}, {70, 20}, {1, 1}, {20, 0}, {16, 1}, {300, 300}, {400, 150}, {129, 2}};
+  for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    check_cuda(mixed, kGqa, dt, 3);
+    check_cuda({{17, 1}, {64, 1}, {300, 1}, {2, 1}}, kGqa, dt, 4, /*metadata_on_gpu=*/true);
+    for (const Shape& sh : {Shape{4, 4, 64, 16}, Shape{8, 1, 64, 16}, Shape{14, 2, 64, 16}, Shape{12, 2, 32, 16}})
+      check_cuda({{45, 45}, {81, 1}, {60, 13}, {200, 200}}, sh, dt);
+    for (std::int64_t d : {128, 40, 2, 256, 96}) check_cuda({{45, 45}, {81, 1}, {60, 13}}, {8, 2, d, 16}, dt);
+    for (std::int64_t bs : {1, 5, 32, 48}) check_cuda({{45, 45}, {81, 1}, {61, 13}, {7, 7}}, {8, 2, 64, bs}, dt);
+  }
+}
+
+// Large logits: the online softmax rescales its running sums as the maximum grows.
+TEST(PagedAttentionCuda, LargeLogitsStayExact) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  const std::vector<Seq> seqs{{90, 90}, {200, 1}, {150, 40}};
+  auto b = make_batch(seqs, kGqa, torch::kFloat32, 7);
+  b.q = b.q * 8;
+  const auto out = kernels::paged_attention(b.q.cuda(), b.k_cache.cuda(), b.v_cache.cuda(), b.query_start,
+                                            b.context_lens, b.block_tables, b.scale);
+  EXPECT_LE(max_diff(out.cpu(), run_dense(b, seqs)), 1e-4);
+}
+
 TEST(PagedAttention, WriteKvCacheRoundTrip) {
   const std::int64_t blocks = 5, KVH = 2, bs = 4, D = 6;
   auto k_cache = torch::zeros({blocks, KVH, bs, D}, torch::kBFloat16);
