@@ -441,6 +441,21 @@ void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, KvCache& k_c
       fail(fn, "slot " + std::to_string(sp[i]) + " is outside the cache's " + std::to_string(capacity) + " slots");
 
   const bool quant = k_cache.quantized();
+#if LLMCTL_HAVE_CUDA
+  if (quant && kd.is_cuda()) {  // one kernel per cache instead of ~15 torch ops each
+    c10::cuda::CUDAGuard guard(kd.device());
+    const auto dev_slots = slot_mapping.to(kd.device()).contiguous();
+    for (auto [x, c] : {std::pair{&k, &k_cache}, std::pair{&v, &v_cache}}) {
+      const auto xf = x->to(torch::kFloat32).contiguous();
+      cuda::check_launch(cuda::write_quantized_kv(xf.data_ptr<float>(), dev_slots.data_ptr<std::int64_t>(), N,
+                                                  static_cast<int>(KVH), static_cast<int>(D), static_cast<int>(bs),
+                                                  c->bits, c->data.data_ptr<std::uint8_t>(),
+                                                  c->params.data_ptr<float>(), cuda::current_stream()),
+                         "write_kv_cache");
+    }
+    return;
+  }
+#endif
   if (!kd.device().is_cpu()) {
     // cache[block, :, row] is [N, kv_heads, last dim], the shape of k (of its codes).
     const auto dev_slots = slot_mapping.to(kd.device());

@@ -86,7 +86,7 @@ def main():
         lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=False)
         lin.weight.data = w.t().contiguous()
         again = awq_gemm.WQLinear_GEMM.from_linear(lin, 4, g, scales=scales, zeros=iz.to(torch.int32))
-        res["repacked"][name] = bool(torch.equal(again.qweight, qweight) and torch.equal(again.qzeros, qzeros))
+        res["repacked"][name] = bool(torch.equal(again.qweight.cpu(), qweight) and torch.equal(again.qzeros.cpu(), qzeros))
     print(json.dumps(res))
 
 

@@ -199,6 +199,36 @@ TEST(KvQuantCuda, PagedAttentionEqualsAttentionOverTheDequantizedCache) {
     }
 }
 
+// The CUDA write kernel stores what the CPU's does (codes equal but for a rare rounding tie).
+TEST(KvQuantCuda, WriteKernelMatchesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  torch::manual_seed(4);
+  for (int bits : {8, 4})
+    for (std::int64_t D : {64, 16, 48, 128, 256})
+      for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+        const std::int64_t blocks = 7, kvh = 2, bs = 5, N = 23;
+        const auto k = ((torch::randn({N, kvh, D}) + torch::randn({1, kvh, D}) * 2)).to(dt);
+        const auto v = torch::randn({N, kvh, D}).to(dt);
+        std::vector<std::int64_t> slots(blocks * bs);
+        std::iota(slots.begin(), slots.end(), 0);
+        std::shuffle(slots.begin(), slots.end(), std::mt19937(2));
+        slots.resize(N);
+        const auto slot_t = torch::tensor(slots);
+        auto kc = kernels::empty_kv_cache(blocks, kvh, bs, D, dt, bits, torch::kCPU);
+        auto vc = kernels::empty_kv_cache(blocks, kvh, bs, D, dt, bits, torch::kCPU);
+        for (auto* c : {&kc, &vc}) c->data.zero_(), c->params.zero_();
+        KvCache kg{kc.data.cuda(), kc.params.cuda(), bits}, vg{vc.data.cuda(), vc.params.cuda(), bits};
+        kernels::write_kv_cache(k, v, kc, vc, slot_t);
+        kernels::write_kv_cache(k.cuda(), v.cuda(), kg, vg, slot_t);
+        const std::string what = "int" + std::to_string(bits) + " D " + std::to_string(D) + " " + c10::toString(dt);
+        for (auto [cpu, gpu] : {std::pair{&kc, &kg}, std::pair{&vc, &vg}}) {
+          EXPECT_TRUE(torch::allclose(gpu->params.cpu(), cpu->params, 1e-6, 1e-7)) << what;
+          const auto same = gpu->data.cpu().eq(cpu->data).to(torch::kFloat32).mean().item<double>();
+          EXPECT_GE(same, 0.995) << what;
+        }
+      }
+}
+
 TEST(KvQuant, BlockBytesAndParsing) {
   EXPECT_EQ(kernels::kv_cache_bits("auto"), 0);
   EXPECT_EQ(kernels::kv_cache_bits("int8"), 8);

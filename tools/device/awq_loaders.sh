@@ -12,8 +12,8 @@ L=bd/llmctl; M=/tmp/awq_demo; P=/tmp/awq_py
 mkdir -p $P
 for w in .devdeps/wheels/*.whl; do python3 -m zipfile -e $w $P; done
 tar -xzf .devdeps/wheels/autoawq.tar.gz -C $P
-timeout 120 $L quantize --model runs/demo/sft/final --out $M --method awq --group-size 64 --json > $OUT/quantize.json 2>&1 \
-  || { tail -5 $OUT/quantize.json; exit 1; }
+timeout 120 $L quantize --model runs/demo/sft/final --out $M --method awq --group-size 64 --json > /tmp/quantize.json 2>&1 \
+  || { tail -5 /tmp/quantize.json; exit 1; }
 python3 -c "import json; print('quantization_config', json.load(open('$M/config.json'))['quantization_config'])"
 # The token ids: a question in the chat template and llmctl's greedy answer to it.
 IDS=$(timeout 60 $L chat --model $M --prompt "What is 23 + 45?" --max-new-tokens 40 --temperature 0 \
@@ -21,7 +21,7 @@ IDS=$(timeout 60 $L chat --model $M --prompt "What is 23 + 45?" --max-new-tokens
 for d in cpu cuda; do timeout 60 $L eval --model $M --ids $IDS --device $d --json > /tmp/llmctl_$d.json; done
 for loader in transformers autoawq; do
   PYTHONPATH=$P HF_HUB_OFFLINE=1 timeout 240 python3 tests/python/autoawq_oracle.py $M $IDS --loader $loader --device cuda \
-    > /tmp/$loader.json 2> $OUT/$loader.log || { echo "$loader failed:"; tail -15 $OUT/$loader.log; }
+    > /tmp/$loader.json 2> /tmp/$loader.log || { echo "$loader failed:"; grep -v -i -e warn -e "^ " /tmp/$loader.log | tail -8; }
 done
 python3 - <<'PY'
 import json

@@ -144,7 +144,65 @@ cudaError_t launch_cache(const void* q, void* out, std::int64_t tokens, PagedKv 
   return cudaErrorInvalidValue;
 }
 
+// One warp per (token, kv head) row: min / max by warp shuffles, then each lane codes its
+// elements. The arithmetic is spelled out with round-to-nearest intrinsics so no FMA
+// contraction makes a code differ from the CPU's.
+template <int Bits>
+__global__ void write_quantized_kv_kernel(const float* __restrict__ x, const std::int64_t* __restrict__ slots,
+                                          int kv_heads, int D, int block_size, std::uint8_t* __restrict__ codes,
+                                          float* __restrict__ params) {
+  constexpr int kMaxPerLane = 8;  // head_dim <= 256
+  constexpr float kMaxCode = (1 << Bits) - 1;
+  const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+  const float* src = x + (static_cast<std::int64_t>(t) * kv_heads + h) * D;
+  float v[kMaxPerLane], lo = INFINITY, hi = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int d = lane + 32 * i;
+    v[i] = d < D ? src[d] : 0.f;
+    if (d < D) lo = fminf(lo, v[i]), hi = fmaxf(hi, v[i]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, off));
+    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
+  }
+  const float scale = __fdiv_rn(__fsub_rn(hi, lo), kMaxCode);
+  const float inv = scale > 0.f ? __fdiv_rn(1.f, scale) : 0.f;
+  const std::int64_t slot = slots[t];
+  const std::int64_t r = (slot / block_size * kv_heads + h) * block_size + slot % block_size;
+  std::uint8_t* dst = codes + r * (D * Bits / 8);
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int d = lane + 32 * i;
+    const int code = static_cast<int>(fminf(fmaxf(rintf(__fmul_rn(__fsub_rn(v[i], lo), inv)), 0.f), kMaxCode));
+    if (Bits == 8) {
+      if (d < D) dst[d] = static_cast<std::uint8_t>(code);
+    } else {
+      // Element 2j (an even lane) takes 2j+1 from the next lane: low and high nibble of byte j.
+      const int high = __shfl_down_sync(0xffffffffu, code, 1);
+      if (d < D && (lane & 1) == 0) dst[d >> 1] = static_cast<std::uint8_t>(code | high << 4);
+    }
+  }
+  if (lane == 0) params[2 * r] = scale, params[2 * r + 1] = lo;
+}
+
 }  // namespace
+
+cudaError_t write_quantized_kv(const float* x, const std::int64_t* slot_mapping, std::int64_t tokens, int kv_heads,
+                               int head_dim, int block_size, int bits, std::uint8_t* codes, float* params,
+                               cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  if (head_dim > 256 || head_dim % 2 != 0) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(kv_heads));
+  if (bits == 8)
+    write_quantized_kv_kernel<8><<<grid, 32, 0, stream>>>(x, slot_mapping, kv_heads, head_dim, block_size, codes, params);
+  else if (bits == 4)
+    write_quantized_kv_kernel<4><<<grid, 32, 0, stream>>>(x, slot_mapping, kv_heads, head_dim, block_size, codes, params);
+  else
+    return cudaErrorInvalidValue;
+  return cudaGetLastError();
+}
 
 cudaError_t paged_attention(const void* q, void* out, std::int64_t tokens, PagedKv k, PagedKv v,
                             const std::int32_t* query_start, const std::int32_t* context_lens,

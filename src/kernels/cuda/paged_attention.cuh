@@ -33,4 +33,12 @@ cudaError_t paged_attention(const void* q, void* out, std::int64_t tokens, Paged
                             const std::int32_t* query_start, const std::int32_t* context_lens,
                             const std::int32_t* block_tables, PagedShape shape, DType dtype, cudaStream_t stream);
 
+// Stores `tokens` rows x[t, h, :] (fp32, contiguous [tokens, kv_heads, head_dim]) into a
+// quantised cache (bits 8 / 4) at slot_mapping[t] (int64 device array, slot = block *
+// block_size + row, checked by the caller): codes and (scale, zero) of each (token, kv head)
+// row, the scheme of kernels::quantize_kv. One launch for all rows.
+cudaError_t write_quantized_kv(const float* x, const std::int64_t* slot_mapping, std::int64_t tokens, int kv_heads,
+                               int head_dim, int block_size, int bits, std::uint8_t* codes, float* params,
+                               cudaStream_t stream);
+
 }  // namespace llmctl::kernels::cuda
