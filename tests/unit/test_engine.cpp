@@ -219,10 +219,22 @@ TEST(Engine, GreedyBatchEqualsModelArgmaxAndEachPromptAlone) {
 }
 
 // The same batch on a GPU (CUDA paged attention, chunked prefill mixed with decodes): the
-// tokens of the plain model's argmax on the CPU.
+// tokens of the plain model's argmax, run on the GPU too (torch ops, no paged cache).
 TEST(EngineCuda, GreedyBatchEqualsModelArgmax) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
   TinyModel tm;
+  auto plain = load_model(tm.dir.path, torch::kCUDA, torch::kFloat32);
+  plain->eval();
+  auto greedy_on_gpu = [&](std::vector<int> ids, int n) {
+    torch::NoGradGuard ng;
+    std::vector<int> out;
+    for (int i = 0; i < n; ++i) {
+      const auto t = torch::tensor(std::vector<std::int64_t>(ids.begin(), ids.end())).unsqueeze(0).cuda();
+      out.push_back(plain->forward(t)[0][-1].argmax().item<int>());
+      ids.push_back(out.back());
+    }
+    return out;
+  };
   EngineConfig ec;
   ec.device = "cuda";
   ec.block_size = 4;
@@ -233,7 +245,7 @@ TEST(EngineCuda, GreedyBatchEqualsModelArgmax) {
   Engine engine(tm.dir.path, ec);
   const auto outs = engine.generate(prompts, greedy_params(n_new));
   for (std::size_t i = 0; i < prompts.size(); ++i)
-    EXPECT_EQ(outs[i].output_token_ids, tm.greedy(prompts[i], n_new)) << "prompt " << i;
+    EXPECT_EQ(outs[i].output_token_ids, greedy_on_gpu(prompts[i], n_new)) << "prompt " << i;
   EXPECT_EQ(engine.num_free_blocks(), engine.num_blocks());
 }
 
