@@ -6,7 +6,7 @@
 # (AutoAWQForCausalLM.from_quantized) load the directory on the GPU — WQLinear_GEMM modules
 # running AutoAWQ's Triton int4 kernels — and score llmctl's own greedy continuation; their
 # log-probs and argmax tokens are compared with llmctl's (CPU and CUDA).
-# Results: docs/quantize.md "Read by other tools".
+# Results: docs/quantize.md, "The format" (checked against AutoAWQ, transformers).
 source tools/device/build.sh
 L=bd/llmctl; M=/tmp/awq_demo; P=/tmp/awq_py
 mkdir -p $P
