@@ -232,6 +232,8 @@ int Engine::num_running() const { return scheduler_->num_running(); }
 int Engine::num_waiting() const { return scheduler_->num_waiting(); }
 int Engine::num_free_blocks() const { return blocks_->num_free_blocks(); }
 int Engine::num_blocks() const { return blocks_->num_blocks(); }
+
+void Engine::touch_kv_cache() { runner_->touch_kv_cache(); }
 bool Engine::check_block_invariants() const { return blocks_->check_invariants(); }
 
 }  // namespace llmctl

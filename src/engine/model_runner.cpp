@@ -1,5 +1,7 @@
 #include "llmctl/engine/model_runner.h"
 
+#include <ATen/Parallel.h>
+
 #include "llmctl/kernels/linear.h"
 #include "llmctl/kernels/paged_attention.h"
 #include "llmctl/kernels/rmsnorm.h"
@@ -77,6 +79,21 @@ ModelRunner::ModelRunner(CausalLM& model, torch::ScalarType dtype, int num_block
   }
   auto positions = torch::arange(max_model_len, torch::TensorOptions().dtype(torch::kInt64).device(opts.device()));
   std::tie(rope_cos_, rope_sin_) = rope_cos_sin(positions, cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
+}
+
+void ModelRunner::touch_kv_cache() {
+  for (auto& L : layers_)
+    for (auto* c : {&L.k_cache, &L.v_cache})
+      for (auto* t : {&c->data, &c->params})
+        if (t->defined() && t->device().is_cpu()) {
+          // Zero bytes 4 KiB apart: each write faults in its page (a whole 2 MiB one where
+          // the pool got huge pages) without rewriting the rest.
+          auto* p = static_cast<volatile char*>(t->data_ptr());
+          const auto bytes = t->numel() * t->element_size();
+          at::parallel_for(0, (bytes + 4095) / 4096, 64, [&](std::int64_t b, std::int64_t e) {
+            for (auto i = b; i < e; ++i) p[i * 4096] = 0;
+          });
+        }
 }
 
 torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const std::vector<bool>& wants_logits) {

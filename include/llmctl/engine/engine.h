@@ -85,6 +85,9 @@ class Engine {
   EngineStats stats() const;
   int num_free_blocks() const;
   int num_blocks() const;
+  // Faults in the whole KV pool now (ModelRunner::touch_kv_cache): benchmarks call it before
+  // timing, so they measure a warmed-up engine.
+  void touch_kv_cache();
   bool check_block_invariants() const;
   // Called with each request's logits row (fp32, before penalties and sampling) right
   // before a token is sampled from it: tests compare runs, servers derive logprobs.

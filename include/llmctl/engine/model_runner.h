@@ -34,6 +34,9 @@ class ModelRunner {
   // Seconds the last forward spent on the host preparing the batch (ids, positions,
   // slots, block tables): engine overhead rather than model time.
   double last_prepare_s() const { return last_prepare_s_; }
+  // Writes every page of a CPU KV pool once, so later steps take no first-touch page faults
+  // (the pool is allocated untouched; a long-running server has touched it). No-op off the CPU.
+  void touch_kv_cache();
   const ModelConfig& config() const { return cfg_; }
   // Bytes of K and V for one block over all layers (quantised: codes plus scale and zero).
   static std::int64_t block_bytes(const ModelConfig& cfg, int block_size, torch::ScalarType dtype, int kv_bits = 0);
