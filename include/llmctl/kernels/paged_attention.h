@@ -60,15 +60,17 @@ torch::Tensor kv_cache_values(const KvCache& cache);
 // in q's dtype. Softmax and accumulation in fp32. Multi-threaded over sequences x kv heads
 // (and query chunks of long prefills).
 // head_dim must be even and at most 256; the caches contiguous. The int32 metadata may sit
-// on any device (it is read on the host). Every shape, dtype, device and index (query
+// on any device (it is read on the host, so keep it there: a device copy costs a sync per call).
 // ranges, context lengths, used block ids) is checked first: bad input throws
-// llmctl::Error. fp32 / bf16 on the CPU run the hand-written kernel; anything else (CUDA,
-// fp16) runs paged_attention_reference (the kernel records no autograd history).
+// llmctl::Error. fp32 / bf16 on the CPU and fp32 / fp16 / bf16 on CUDA run the hand-written
+// kernels (kernels/cpu/paged_attention_cpu.cpp, kernels/cuda/paged_attention.cu); anything
+// else (fp16 on the CPU, other devices) runs paged_attention_reference. The kernels record
+// no autograd history.
 torch::Tensor paged_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale);
-// The same over KvCaches: unquantised ones as above; quantised ones (on the CPU, q fp32 or
-// bf16) are dequantised row by row inside the kernel, elsewhere by the reference path.
+// The same over KvCaches: unquantised ones as above; quantised ones are dequantised row by
+// row inside the kernels, by the reference path elsewhere.
 torch::Tensor paged_attention(const torch::Tensor& q, const KvCache& k_cache, const KvCache& v_cache,
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale);
@@ -89,7 +91,8 @@ torch::Tensor paged_attention_reference(const torch::Tensor& q, const KvCache& k
 void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& k_cache, torch::Tensor& v_cache,
                     const torch::Tensor& slot_mapping);
 // The same into KvCaches; quantised ones store each (token, kv head) row's codes and
-// (scale, zero) (a row-by-row kernel on the CPU, quantize_kv + index_put_ elsewhere).
+// (scale, zero) (a row loop on the CPU, one kernel per cache on CUDA, quantize_kv +
+// index_put_ elsewhere).
 void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, KvCache& k_cache, KvCache& v_cache,
                     const torch::Tensor& slot_mapping);
 
