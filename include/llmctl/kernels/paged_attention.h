@@ -62,10 +62,10 @@ torch::Tensor kv_cache_values(const KvCache& cache);
 // head_dim must be even and at most 256; the caches contiguous. The int32 metadata may sit
 // on any device (it is read on the host, so keep it there: a device copy costs a sync per
 // call). Every shape, dtype, device and index (query ranges, context lengths, used block
-// ids) is checked first: bad input throws llmctl::Error. fp32 / bf16 on the CPU and fp32 / fp16 / bf16 on CUDA run the hand-written
-// kernels (kernels/cpu/paged_attention_cpu.cpp, kernels/cuda/paged_attention.cu); anything
-// else (fp16 on the CPU, other devices) runs paged_attention_reference. The kernels record
-// no autograd history.
+// ids) is checked first: bad input throws llmctl::Error. fp32 / bf16 on the CPU and
+// fp32 / fp16 / bf16 on CUDA run the hand-written kernels (kernels/cpu/paged_attention_cpu.cpp,
+// kernels/cuda/paged_attention.cu); anything else (fp16 on the CPU, other devices) runs
+// paged_attention_reference. The kernels record no autograd history.
 torch::Tensor paged_attention(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale);
