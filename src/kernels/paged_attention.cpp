@@ -251,9 +251,9 @@ torch::Tensor run_cuda(const torch::Tensor& q, const KvCache& k, const KvCache& 
     return cuda::PagedKv{c.data.data_ptr(), c.quantized() ? c.params.data_ptr<float>() : nullptr, c.bits};
   };
   const auto& kd = k.data;
-  const cuda::PagedShape shape{static_cast<int>(q.size(1)),       static_cast<int>(kd.size(1)),
-                               static_cast<int>(q.size(2)),       static_cast<int>(kd.size(2)),
-                               static_cast<int>(S),               static_cast<int>(block_tables.size(1)),
+  const cuda::PagedShape shape{static_cast<int>(q.size(1)), static_cast<int>(kd.size(1)),
+                               static_cast<int>(q.size(2)), static_cast<int>(kd.size(2)),
+                               static_cast<int>(S),         static_cast<int>(block_tables.size(1)),
                                static_cast<float>(scale)};
   cuda::check_launch(cuda::paged_attention(qc.data_ptr(), out.data_ptr(), qc.size(0), cache(k), cache(v),
                                            qs, cl, bt, shape, cuda::dtype_of(qc),
@@ -263,14 +263,16 @@ torch::Tensor run_cuda(const torch::Tensor& q, const KvCache& k, const KvCache& 
 }
 #endif
 
-// Which kernel runs q: 'c' the CPU kernel, 'g' the CUDA kernel, 'r' the torch-ops reference.
-char kernel_for(const torch::Tensor& q) {
+enum class Kernel { Cpu, Cuda, Reference };
+
+// The kernel for q's device and dtype; the torch-ops reference for anything they lack.
+Kernel kernel_for(const torch::Tensor& q) {
   const auto dt = q.scalar_type();
-  if (q.device().is_cpu()) return dt == torch::kFloat32 || dt == torch::kBFloat16 ? 'c' : 'r';
+  if (q.device().is_cpu()) return dt == torch::kFloat32 || dt == torch::kBFloat16 ? Kernel::Cpu : Kernel::Reference;
 #if LLMCTL_HAVE_CUDA
-  if (q.is_cuda() && (dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16)) return 'g';
+  if (q.is_cuda() && (dt == torch::kFloat32 || dt == torch::kFloat16 || dt == torch::kBFloat16)) return Kernel::Cuda;
 #endif
-  return 'r';
+  return Kernel::Reference;
 }
 
 }  // namespace
@@ -343,13 +345,12 @@ torch::Tensor paged_attention(const torch::Tensor& q, const KvCache& k_cache, co
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale) {
   check_attention_args(q, k_cache, v_cache, query_start, context_lens, block_tables);
-  switch (kernel_for(q)) {
+  const auto kernel = kernel_for(q);
 #if LLMCTL_HAVE_CUDA
-    case 'g': return run_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
+  if (kernel == Kernel::Cuda) return run_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
 #endif
-    case 'r': return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
-    default: break;
-  }
+  if (kernel != Kernel::Cpu)
+    return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
   const auto dt = q.scalar_type();
   auto qc = q.contiguous();
   auto out = torch::empty_like(qc);
