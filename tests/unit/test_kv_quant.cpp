@@ -174,29 +174,30 @@ void check_quantized_attention(const std::vector<Seq>& seqs, std::int64_t heads,
 
 }  // namespace
 
-TEST(KvQuant, PagedAttentionEqualsAttentionOverTheDequantizedCache) {
+namespace {
+
+// The shapes both devices are checked on.
+void check_quantized_attention_cases(const std::vector<torch::ScalarType>& dtypes, const torch::Device& device) {
   const std::vector<Seq> mixed{{37, 37}, {20, 1}, {1, 1}, {50, 7}, {16, 1}, {33, 1}};
   for (int bits : {8, 4})
-    for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
-      check_quantized_attention(mixed, 8, 2, 64, 16, bits, dt);      // minimind2-small, GQA 4:1
-      check_quantized_attention(mixed, 3, 3, 32, 5, bits, dt, 2);    // odd heads, MHA, odd block
-      check_quantized_attention(mixed, 6, 1, 48, 7, bits, dt, 3);    // MQA, head_dim not /16
-      check_quantized_attention({{300, 1}, {300, 1}}, 14, 2, 64, 16, bits, dt, 4);  // long decodes
-      check_quantized_attention({{90, 90}}, 4, 2, 16, 8, bits, dt, 5);              // prefill
+    for (auto dt : dtypes) {
+      check_quantized_attention(mixed, 8, 2, 64, 16, bits, dt, 1, device);  // minimind2-small, GQA 4:1
+      check_quantized_attention(mixed, 3, 3, 32, 5, bits, dt, 2, device);   // odd heads, MHA, odd block
+      check_quantized_attention(mixed, 6, 1, 48, 7, bits, dt, 3, device);   // MQA, head_dim not /16
+      check_quantized_attention({{300, 1}, {300, 1}}, 14, 2, 64, 16, bits, dt, 4, device);  // long decodes
+      check_quantized_attention({{90, 90}}, 4, 2, 16, 8, bits, dt, 5, device);              // prefill
     }
+}
+
+}  // namespace
+
+TEST(KvQuant, PagedAttentionEqualsAttentionOverTheDequantizedCache) {
+  check_quantized_attention_cases({torch::kFloat32, torch::kBFloat16}, torch::kCPU);
 }
 
 TEST(KvQuantCuda, PagedAttentionEqualsAttentionOverTheDequantizedCache) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine";
-  const std::vector<Seq> mixed{{37, 37}, {20, 1}, {1, 1}, {50, 7}, {16, 1}, {33, 1}};
-  for (int bits : {8, 4})
-    for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
-      check_quantized_attention(mixed, 8, 2, 64, 16, bits, dt, 1, torch::kCUDA);
-      check_quantized_attention(mixed, 3, 3, 32, 5, bits, dt, 2, torch::kCUDA);
-      check_quantized_attention(mixed, 6, 1, 48, 7, bits, dt, 3, torch::kCUDA);
-      check_quantized_attention({{300, 1}, {300, 1}}, 14, 2, 64, 16, bits, dt, 4, torch::kCUDA);
-      check_quantized_attention({{90, 90}}, 4, 2, 16, 8, bits, dt, 5, torch::kCUDA);
-    }
+  check_quantized_attention_cases({torch::kFloat32, torch::kBFloat16, torch::kFloat16}, torch::kCUDA);
 }
 
 // The CUDA write kernel stores what the CPU's does (codes equal but for a rare rounding tie).
