@@ -136,9 +136,13 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     qs[S] = static_cast<std::int32_t>(row);
   }
   const auto dev = embed_.device();
-  // The cache metadata stays on the host: the attention and cache-write checks read it there
-  // and the CUDA kernels copy it over once per call, without a device sync.
-  if (!dev.is_cpu()) ids = ids.to(dev), pos = pos.to(dev);
+  // The cache metadata stays on the host, where the attention and cache-write checks read it
+  // without a device sync; off the CPU its device copies are made here, once per step.
+  torch::Tensor slots_dev, attention_meta_dev;
+  if (!dev.is_cpu()) {
+    ids = ids.to(dev), pos = pos.to(dev), slots_dev = slots.to(dev);
+    attention_meta_dev = kernels::pack_attention_metadata(query_start, context_lens, block_tables, dev);
+  }
 
   last_prepare_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepare).count();
 
@@ -158,8 +162,9 @@ torch::Tensor ModelRunner::forward(const std::vector<ScheduledSeq>& batch, const
     }
     q = kernels::rope(q, cos, sin).view({N, H, D});
     k = kernels::rope(k, cos, sin).view({N, KVH, D});
-    kernels::write_kv_cache(k, v, L.k_cache, L.v_cache, slots);
-    auto attn = kernels::paged_attention(q, L.k_cache, L.v_cache, query_start, context_lens, block_tables, scale);
+    kernels::write_kv_cache(k, v, L.k_cache, L.v_cache, slots, slots_dev);
+    auto attn = kernels::paged_attention(q, L.k_cache, L.v_cache, query_start, context_lens, block_tables, scale,
+                                         attention_meta_dev);
     h = h + L.o(attn.view({N, H * D}));
     auto mlp_in = kernels::rms_norm(h, L.post_norm, eps);
     auto act = kernels::swiglu_packed(L.gate_up(mlp_in));

@@ -234,16 +234,19 @@ void run_cpu_cache(const torch::Tensor& q, const KvCache& k, const KvCache& v, c
 // CUDA q (fp32 / fp16 / bf16) on checked arguments: the metadata goes to the device (the
 // engine keeps it on the host, where the checks read it without a device sync).
 torch::Tensor run_cuda(const torch::Tensor& q, const KvCache& k, const KvCache& v, const torch::Tensor& query_start,
-                       const torch::Tensor& context_lens, const torch::Tensor& block_tables, double scale) {
+                       const torch::Tensor& context_lens, const torch::Tensor& block_tables, double scale,
+                       const torch::Tensor& packed) {
   c10::cuda::CUDAGuard guard(q.device());
   const auto qc = q.contiguous();
   auto out = torch::empty_like(qc);
   if (qc.numel() == 0) return out;
-  // One copy for the three arrays: [query_start | context_lens | block_tables].
-  const auto meta = torch::cat({query_start.to(torch::kCPU).flatten(), context_lens.to(torch::kCPU).flatten(),
-                                block_tables.to(torch::kCPU).flatten()})
-                        .to(q.device());
   const auto S = context_lens.size(0);
+  if (packed.defined() && (packed.device() != q.device() || packed.scalar_type() != torch::kInt32 ||
+                           !packed.is_contiguous() || packed.numel() != 2 * S + 1 + block_tables.numel()))
+    fail("paged_attention", "the packed metadata does not match query_start, context_lens and block_tables on q's "
+                            "device");
+  const auto meta = packed.defined() ? packed
+                                     : pack_attention_metadata(query_start, context_lens, block_tables, q.device());
   const auto* qs = meta.data_ptr<std::int32_t>();
   const auto* cl = qs + S + 1;
   const auto* bt = cl + S;
@@ -341,13 +344,23 @@ torch::Tensor kv_cache_values(const KvCache& cache) {
   return cache.quantized() ? dequantize_kv(cache.data, cache.params, cache.bits) : cache.data.to(torch::kFloat32);
 }
 
+torch::Tensor pack_attention_metadata(const torch::Tensor& query_start, const torch::Tensor& context_lens,
+                                      const torch::Tensor& block_tables, const torch::Device& device) {
+  return torch::cat({host_int32(query_start).flatten(), host_int32(context_lens).flatten(),
+                     host_int32(block_tables).flatten()})
+      .to(device);
+}
+
 torch::Tensor paged_attention(const torch::Tensor& q, const KvCache& k_cache, const KvCache& v_cache,
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
-                              const torch::Tensor& block_tables, double scale) {
+                              const torch::Tensor& block_tables, double scale, const torch::Tensor& packed_on_device) {
   check_attention_args(q, k_cache, v_cache, query_start, context_lens, block_tables);
   const auto kernel = kernel_for(q);
 #if LLMCTL_HAVE_CUDA
-  if (kernel == Kernel::Cuda) return run_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
+  if (kernel == Kernel::Cuda)
+    return run_cuda(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, packed_on_device);
+#else
+  (void)packed_on_device;
 #endif
   if (kernel != Kernel::Cpu)
     return reference_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale);
@@ -412,7 +425,7 @@ void quantize_row(const float* x, std::int64_t D, std::uint8_t* codes, float* pa
 }  // namespace
 
 void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, KvCache& k_cache, KvCache& v_cache,
-                    const torch::Tensor& slot_mapping) {
+                    const torch::Tensor& slot_mapping, const torch::Tensor& slots_on_device) {
   const std::string fn = "write_kv_cache";
   if (k.dim() != 3) fail(fn, "k must be [tokens, kv_heads, head_dim], got " + shape_str(k));
   if (!k.sizes().equals(v.sizes())) fail(fn, "v " + shape_str(v) + " differs from k " + shape_str(k));
@@ -442,10 +455,17 @@ void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, KvCache& k_c
       fail(fn, "slot " + std::to_string(sp[i]) + " is outside the cache's " + std::to_string(capacity) + " slots");
 
   const bool quant = k_cache.quantized();
+  if (slots_on_device.defined() &&
+      (slots_on_device.device() != kd.device() || slots_on_device.scalar_type() != torch::kInt64 ||
+       !slots_on_device.is_contiguous() || slots_on_device.numel() != N))
+    fail(fn, "slots_on_device must be the int64 slot_mapping on the caches' device");
+  // The slots where the cache is (a copy unless the caller made one).
+  const auto dev_slots = kd.device().is_cpu() ? slots
+                         : slots_on_device.defined() ? slots_on_device
+                                                     : slot_mapping.to(kd.device()).contiguous();
 #if LLMCTL_HAVE_CUDA
   if (quant && kd.is_cuda()) {  // one kernel per cache instead of ~15 torch ops each
     c10::cuda::CUDAGuard guard(kd.device());
-    const auto dev_slots = slot_mapping.to(kd.device()).contiguous();
     for (auto [x, c] : {std::pair{&k, &k_cache}, std::pair{&v, &v_cache}}) {
       const auto xf = x->to(torch::kFloat32).contiguous();
       cuda::check_launch(cuda::write_quantized_kv(xf.data_ptr<float>(), dev_slots.data_ptr<std::int64_t>(), N,
@@ -459,7 +479,6 @@ void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, KvCache& k_c
 #endif
   if (!kd.device().is_cpu()) {
     // cache[block, :, row] is [N, kv_heads, last dim], the shape of k (of its codes).
-    const auto dev_slots = slot_mapping.to(kd.device());
     const auto block = dev_slots.div(bs, "floor"), row = dev_slots.remainder(bs);
     using torch::indexing::Slice;
     for (auto [x, c] : {std::pair{&k, &k_cache}, std::pair{&v, &v_cache}}) {

@@ -115,6 +115,11 @@ double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat32) - b.to(torch::kFloat32)).abs().max().item<double>();
 }
 
+std::string describe(const Shape& sh, torch::ScalarType dt) {
+  return "heads " + std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " head_dim " +
+         std::to_string(sh.head_dim) + " block " + std::to_string(sh.block_size) + " " + c10::toString(dt);
+}
+
 // The kernel against the torch-ops reference and against dense SDPA.
 void check(const std::vector<Seq>& seqs, const Shape& sh, torch::ScalarType dt, std::uint64_t seed = 1) {
   const auto b = make_batch(seqs, sh, dt, seed);
@@ -124,9 +129,7 @@ void check(const std::vector<Seq>& seqs, const Shape& sh, torch::ScalarType dt, 
   ASSERT_EQ(out.sizes(), b.q.sizes());
   ASSERT_EQ(out.scalar_type(), dt);
   const double tol = dt == torch::kFloat32 ? 1e-5 : 2e-2;
-  const std::string what = "heads " + std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " head_dim " +
-                           std::to_string(sh.head_dim) + " block " + std::to_string(sh.block_size) + " " +
-                           c10::toString(dt);
+  const std::string what = describe(sh, dt);
   EXPECT_TRUE(torch::isfinite(out).all().item<bool>()) << what;
   EXPECT_LE(max_diff(out, ref), tol) << what;
   EXPECT_LE(max_diff(out, dense), tol) << what;
@@ -268,18 +271,23 @@ TEST(PagedAttention, Fp16FallsBackToReference) {
 
 namespace {
 
+// Where the CUDA test's metadata lives: on the host (copied per call), on the GPU, or on the
+// host with a packed GPU copy passed along (as the engine does).
+enum class Meta { Host, Gpu, HostAndPacked };
+
 // The CUDA kernel on a batch built on the CPU (poisoned rows and table entries included):
-// q and the caches copied to the GPU, the metadata left on the host as the engine keeps it
-// (or also copied), the result against dense SDPA on the CPU.
+// q and the caches copied to the GPU, the result against dense SDPA on the CPU.
 void check_cuda(const std::vector<Seq>& seqs, const Shape& sh, torch::ScalarType dt, std::uint64_t seed = 1,
-                bool metadata_on_gpu = false) {
+                Meta where = Meta::Host) {
   const auto b = make_batch(seqs, sh, dt, seed);
-  auto meta = [&](const torch::Tensor& t) { return metadata_on_gpu ? t.cuda() : t; };
-  const auto out = kernels::paged_attention(b.q.cuda(), b.k_cache.cuda(), b.v_cache.cuda(), meta(b.query_start),
-                                            meta(b.context_lens), meta(b.block_tables), b.scale);
-  const std::string what = "heads " + std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " head_dim " +
-                           std::to_string(sh.head_dim) + " block " + std::to_string(sh.block_size) + " " +
-                           c10::toString(dt);
+  auto meta = [&](const torch::Tensor& t) { return where == Meta::Gpu ? t.cuda() : t; };
+  const auto packed = where == Meta::HostAndPacked
+                          ? kernels::pack_attention_metadata(b.query_start, b.context_lens, b.block_tables, torch::kCUDA)
+                          : torch::Tensor();
+  const kernels::KvCache kc{b.k_cache.cuda(), {}, 0}, vc{b.v_cache.cuda(), {}, 0};
+  const auto out = kernels::paged_attention(b.q.cuda(), kc, vc, meta(b.query_start), meta(b.context_lens),
+                                            meta(b.block_tables), b.scale, packed);
+  const std::string what = describe(sh, dt);
   ASSERT_TRUE(out.is_cuda()) << what;
   ASSERT_EQ(out.scalar_type(), dt) << what;
   const auto got = out.cpu();
@@ -294,7 +302,8 @@ TEST(PagedAttentionCuda, MatchesDenseAttention) {
   const std::vector<Seq> mixed{{50, 50}, {33, 1}, {70, 20}, {1, 1}, {20, 0}, {16, 1}, {300, 300}, {400, 150}, {129, 2}};
   for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
     check_cuda(mixed, kGqa, dt, 3);
-    check_cuda({{17, 1}, {64, 1}, {300, 1}, {2, 1}}, kGqa, dt, 4, /*metadata_on_gpu=*/true);
+    check_cuda({{17, 1}, {64, 1}, {300, 1}, {2, 1}}, kGqa, dt, 4, Meta::Gpu);
+    check_cuda(mixed, kGqa, dt, 5, Meta::HostAndPacked);
     for (const Shape& sh : {Shape{4, 4, 64, 16}, Shape{8, 1, 64, 16}, Shape{14, 2, 64, 16}, Shape{12, 2, 32, 16}})
       check_cuda({{45, 45}, {81, 1}, {60, 13}, {200, 200}}, sh, dt);
     for (std::int64_t d : {128, 40, 2, 256, 96}) check_cuda({{45, 45}, {81, 1}, {60, 13}}, {8, 2, d, 16}, dt);
@@ -311,6 +320,26 @@ TEST(PagedAttentionCuda, LargeLogitsStayExact) {
   const auto out = kernels::paged_attention(b.q.cuda(), b.k_cache.cuda(), b.v_cache.cuda(), b.query_start,
                                             b.context_lens, b.block_tables, b.scale);
   EXPECT_LE(max_diff(out.cpu(), run_dense(b, seqs)), 1e-4);
+}
+
+// The packed metadata the CUDA kernel reads: query_start | context_lens | block_tables.
+TEST(PagedAttention, PackedMetadataLayout) {
+  const auto b = make_batch({{20, 3}, {40, 1}}, kGqa, torch::kFloat32, 6);
+  const auto packed = kernels::pack_attention_metadata(b.query_start, b.context_lens, b.block_tables, torch::kCPU);
+  EXPECT_TRUE(torch::equal(packed, torch::cat({b.query_start, b.context_lens, b.block_tables.flatten()})));
+  EXPECT_EQ(packed.scalar_type(), torch::kInt32);
+}
+
+// A device copy of the slots that does not match slot_mapping is refused.
+TEST(PagedAttention, WriteKvCacheRejectsMismatchedDeviceSlots) {
+  auto kc = torch::zeros({4, 2, 4, 8}), vc = torch::zeros({4, 2, 4, 8});
+  kernels::KvCache k{kc, {}, 0}, v{vc, {}, 0};
+  const auto x = torch::randn({3, 2, 8});
+  const auto slots = torch::tensor({0, 5, 9}, torch::kInt64);
+  EXPECT_THROW(kernels::write_kv_cache(x, x, k, v, slots, torch::tensor({0, 5}, torch::kInt64)), Error);
+  EXPECT_THROW(kernels::write_kv_cache(x, x, k, v, slots, slots.to(torch::kInt32)), Error);
+  kernels::write_kv_cache(x, x, k, v, slots, slots);
+  EXPECT_TRUE(torch::equal(kc[1][0][1], x[1][0]));
 }
 
 TEST(PagedAttention, WriteKvCacheRoundTrip) {

@@ -70,10 +70,18 @@ torch::Tensor paged_attention(const torch::Tensor& q, const torch::Tensor& k_cac
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
                               const torch::Tensor& block_tables, double scale);
 // The same over KvCaches: unquantised ones as above; quantised ones are dequantised row by
-// row inside the kernels, by the reference path elsewhere.
+// row inside the kernels, by the reference path elsewhere. `packed_on_device`: optional,
+// pack_attention_metadata of the same three tensors already on q's device, which the CUDA
+// kernel then reads instead of copying them over itself (the engine packs them once per
+// step rather than once per layer).
 torch::Tensor paged_attention(const torch::Tensor& q, const KvCache& k_cache, const KvCache& v_cache,
                               const torch::Tensor& query_start, const torch::Tensor& context_lens,
-                              const torch::Tensor& block_tables, double scale);
+                              const torch::Tensor& block_tables, double scale,
+                              const torch::Tensor& packed_on_device = {});
+// query_start | context_lens | block_tables as one contiguous int32 array on `device`: the
+// layout the CUDA kernel reads.
+torch::Tensor pack_attention_metadata(const torch::Tensor& query_start, const torch::Tensor& context_lens,
+                                      const torch::Tensor& block_tables, const torch::Device& device);
 
 // The same result from torch ops (gathers each sequence's K/V densely and runs causal
 // softmax attention): the oracle the kernel is tested against.
@@ -93,7 +101,9 @@ void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, torch::Tenso
 // The same into KvCaches; quantised ones store each (token, kv head) row's codes and
 // (scale, zero) (a row loop on the CPU, one kernel per cache on CUDA, quantize_kv +
 // index_put_ elsewhere).
+// `slots_on_device`: optional, slot_mapping already on the caches' device (checked against
+// the host copy's size), used there instead of copying it over again.
 void write_kv_cache(const torch::Tensor& k, const torch::Tensor& v, KvCache& k_cache, KvCache& v_cache,
-                    const torch::Tensor& slot_mapping);
+                    const torch::Tensor& slot_mapping, const torch::Tensor& slots_on_device = {});
 
 }  // namespace llmctl::kernels
